@@ -1,0 +1,17 @@
+"""Entry point: ``python main.py [group=option ...] [key=value ...] [--multirun ...]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from lsr_adapt.cli import exit_on_user_error
+from lsr_adapt.train import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    # the best validation metric, so a Hydra sweeper (Optuna) can optimise it
+    return exit_on_user_error(train, cfg)["best_metric"]
+
+
+if __name__ == "__main__":
+    main()

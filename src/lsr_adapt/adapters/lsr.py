@@ -1,0 +1,193 @@
+"""LSR: low separation rank adapters, ΔW as a sum of Kronecker products of low-rank factors.
+
+For a layer with in = d₁·d₂ and out = k₁·k₂, with t terms of rank r:
+
+    sum form (default):  ΔW = s · Σᵢ (B₁ᵢ ⊗ B₂ᵢ)(A₁ᵢ ⊗ A₂ᵢ) = s · Σᵢ (B₁ᵢA₁ᵢ) ⊗ (B₂ᵢA₂ᵢ)      rank ≤ t·r²
+    product form:        ΔW = s · (Σᵢ B₁ᵢ ⊗ B₂ᵢ)(Σⱼ A₁ⱼ ⊗ A₂ⱼ)                             rank ≤ r²
+
+with A₁ᵢ ∈ R^{r×d₁}, A₂ᵢ ∈ R^{r×d₂}, B₁ᵢ ∈ R^{k₁×r}, B₂ᵢ ∈ R^{k₂×r}:
+t·r·(d₁+d₂+k₁+k₂) parameters (3,584 for 768×768 = (32·24)×(32·24) at r=2, t=16; LoRA r=8 has 12,288).
+
+Three exact ways to apply it, chosen per layer by ``path``:
+
+* ``factored``: (B₁⊗B₂)(A₁⊗A₂) is an ordinary low-rank product, so the t Kronecker-expanded
+  factors are formed once per step as A (R × in) and Bᵀ (R × out), R = t·r² (sum) or r² (product),
+  and applied like a LoRA of rank R: two GEMMs plus two small elementwise kernels.
+* ``dense``: ΔW = Σᵢ (B₁ᵢA₁ᵢ)⊗(B₂ᵢA₂ᵢ) formed once per step (t·out·in multiply-adds) and one GEMM
+  with W + ΔW; costs an extra out×in weight-gradient GEMM in backward.
+* ``activations``: (P⊗Q)·vec(X) = vec(P·X·Qᵀ), batched over the t terms (fewest multiply-adds,
+  most kernels). Kept as an independent formulation and for benchmarking.
+
+``auto`` picks factored when 3·R·(in+out) ≤ in·out (its extra FLOPs per token over three
+passes against the dense path's extra weight-gradient GEMM), else dense. No dense ΔW outlives a step.
+
+Initialisation and scaling: A₁ ~ N(0, 1/d₁), A₂ ~ N(0, 1/d₂), B₁ ~ N(0, 1), B₂ = 0 (so ΔW = 0 at
+the start and B₂ receives the first gradient). With s = α/(r·√t) (sum) or α/(r·t) (product), the
+first Adam step changes each entry of ΔW by about α·lr/√in whatever r and t are, so sweeps over r
+or t keep one learning rate, and α stays a small number (default 2, close to LoRA r=8 α=8's first
+step at the same learning rate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LsrAdaptError
+from .base import AdapterLayer, add_low_rank
+
+PATHS = ("auto", "factored", "dense", "activations")
+FORMS = ("sum", "product")
+MAX_FACTOR_RATIO = 16  # a 2 × 997 split is not a Kronecker structure worth learning
+
+
+def factorize(n: int, layer: str = "", which: str = "dim") -> tuple[int, int]:
+    """Split n into (n₁, n₂), n₁ ≥ n₂, as balanced as possible: 768 → (32, 24), 3072 → (64, 48)."""
+    for small in range(math.isqrt(n), 1, -1):
+        if n % small == 0:
+            big = n // small
+            if big <= MAX_FACTOR_RATIO * small:
+                return big, small
+            break
+    raise LsrAdaptError(
+        f"LSR cannot factor the {which} {n} of layer {layer or '?'} into two factors within a ratio of "
+        f"{MAX_FACTOR_RATIO}; give explicit in_factors/out_factors or leave this layer out of target_modules"
+    )
+
+
+@dataclass
+class LSRConfig:
+    r: int = 2
+    num_terms: int = 16
+    alpha: float = 2.0
+    dropout: float = 0.0
+    form: str = "sum"  # sum | product
+    path: str = "auto"  # auto | factored | dense | activations
+    in_factors: list[int] | None = field(default=None)  # (d₁, d₂); None = balanced split of in
+    out_factors: list[int] | None = field(default=None)  # (k₁, k₂); None = balanced split of out
+
+    def __post_init__(self):
+        if self.form not in FORMS:
+            raise LsrAdaptError(f"unknown LSR form {self.form!r}; valid choices: {', '.join(FORMS)}")
+        if self.path not in PATHS:
+            raise LsrAdaptError(f"unknown LSR path {self.path!r}; valid choices: {', '.join(PATHS)}")
+        if int(self.r) < 1 or int(self.num_terms) < 1:
+            raise LsrAdaptError(f"LSR needs r >= 1 and num_terms >= 1, got r={self.r}, num_terms={self.num_terms}")
+
+
+def _kron_rows(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+    """Rows of f1ᵢ ⊗ f2ᵢ for every term i, stacked: (t, r, m₁), (t, r, m₂) -> (t·r·r, m₁·m₂)."""
+    t, r, m1 = f1.shape
+    m2 = f2.shape[-1]
+    return (f1[:, :, None, :, None] * f2[:, None, :, None, :]).reshape(t * r * r, m1 * m2)
+
+
+class LSRLinear(AdapterLayer):
+    """h = W₀x + ΔW·x with ΔW a sum of t Kronecker products of rank-r factors (see module doc).
+
+    Parameters: lsr_A1 (t, r, d₁), lsr_A2 (t, r, d₂), lsr_B1 (t, k₁, r), lsr_B2 (t, k₂, r);
+    t·r·(d₁+d₂+k₁+k₂) in all.
+    """
+
+    a_params = ("lsr_A1", "lsr_A2")
+    b_params = ("lsr_B1", "lsr_B2")
+
+    def __init__(self, base_layer: nn.Module, r: int = 2, num_terms: int = 16, alpha: float = 2.0,
+                 dropout: float = 0.0, form: str = "sum", path: str = "auto",
+                 in_factors=None, out_factors=None, name: str = ""):
+        super().__init__(base_layer)
+        LSRConfig(r=r, num_terms=num_terms, alpha=alpha, dropout=dropout, form=form, path=path)
+        layer = name or f"{self.out_features}x{self.in_features}"
+        self.d1, self.d2 = self._check_factors(in_factors, self.in_features, layer, "input dim")
+        self.k1, self.k2 = self._check_factors(out_factors, self.out_features, layer, "output dim")
+        smallest = min(self.d1, self.d2, self.k1, self.k2)
+        if r > smallest:
+            raise LsrAdaptError(
+                f"LSR rank r={r} exceeds the smallest Kronecker factor ({smallest}) of layer {layer} "
+                f"(in {self.in_features} = {self.d1}×{self.d2}, out {self.out_features} = {self.k1}×{self.k2})"
+            )
+        self.r, self.num_terms, self.alpha, self.form = int(r), int(num_terms), float(alpha), form
+        t = self.num_terms
+        self.scaling = self.alpha / (self.r * (math.sqrt(t) if form == "sum" else t))
+        self.eff_rank = t * self.r**2 if form == "sum" else self.r**2
+        if path == "auto":
+            flops_factored = 3 * self.eff_rank * (self.in_features + self.out_features)
+            path = "factored" if flops_factored <= self.in_features * self.out_features else "dense"
+        self.path = path
+
+        w = base_layer.weight
+        kw = dict(dtype=w.dtype, device=w.device)
+        self.lsr_A1 = nn.Parameter(torch.randn(t, self.r, self.d1, **kw) / math.sqrt(self.d1))
+        self.lsr_A2 = nn.Parameter(torch.randn(t, self.r, self.d2, **kw) / math.sqrt(self.d2))
+        self.lsr_B1 = nn.Parameter(torch.randn(t, self.k1, self.r, **kw))
+        self.lsr_B2 = nn.Parameter(torch.zeros(t, self.k2, self.r, **kw))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @staticmethod
+    def _check_factors(factors, dim: int, layer: str, which: str) -> tuple[int, int]:
+        if factors is None:
+            return factorize(dim, layer, which)
+        f = tuple(int(v) for v in factors)
+        if len(f) != 2 or f[0] * f[1] != dim or min(f) < 1:
+            raise LsrAdaptError(f"LSR factors {list(f)} do not multiply to the {which} {dim} of layer {layer}")
+        return f
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}={self.d1}x{self.d2}, out={self.out_features}={self.k1}x{self.k2}, "
+                f"r={self.r}, t={self.num_terms}, form={self.form}, path={self.path}, merged={self.merged}")
+
+    # -- the update in its three exact forms ---------------------------------------------------
+    def expanded_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (R × in) and Bᵀ (R × out) with ΔW = s·BᵀᵀA, R = t·r² (sum) or r² (product)."""
+        a1, a2, b1t, b2t = self.lsr_A1, self.lsr_A2, self.lsr_B1.mT, self.lsr_B2.mT
+        if self.form == "sum":
+            return _kron_rows(a1, a2), _kron_rows(b1t, b2t)
+        r2 = self.r * self.r
+        a = torch.einsum("tpa,tqb->pqab", a1, a2).reshape(r2, self.in_features)  # Σⱼ A₁ⱼ⊗A₂ⱼ
+        b_t = torch.einsum("tpc,tqd->pqcd", b1t, b2t).reshape(r2, self.out_features)  # (Σᵢ B₁ᵢ⊗B₂ᵢ)ᵀ
+        return a, b_t
+
+    def delta_weight(self) -> torch.Tensor:
+        if self.form == "sum":
+            p = self.lsr_B1 @ self.lsr_A1  # (t, k₁, d₁)
+            q = self.lsr_B2 @ self.lsr_A2  # (t, k₂, d₂)
+            # Σᵢ pᵢ ⊗ qᵢ: entry (c·k₂+d, a·d₂+b) = Σᵢ pᵢ[c,a]·qᵢ[d,b]
+            delta = torch.einsum("tca,tdb->cdab", p, q).reshape(self.out_features, self.in_features)
+            return delta * self.scaling
+        a, b_t = self.expanded_factors()
+        return (b_t.T @ a) * self.scaling
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.path == "factored":
+            a, b_t = self.expanded_factors()
+            return add_low_rank(self.base_layer(x), self.dropout(x), a, b_t, self.scaling)
+        if self.path == "dense":
+            w = self.base_weight()
+            delta = self.delta_weight().to(w.dtype)
+            if isinstance(self.dropout, nn.Identity) or not self.training:
+                return F.linear(x, w + delta, self.base_layer.bias)
+            return self.base_layer(x) + F.linear(self.dropout(x), delta)
+        return self.base_layer(x) + self._activations_delta(self.dropout(x))
+
+    def _activations_delta(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        xm = x.reshape(-1, self.d1, self.d2)  # (N, d₁, d₂): x = vec(X) row-major
+        u = torch.einsum("nab,tqb->ntaq", xm, self.lsr_A2.to(x.dtype))  # X A₂ᵀ
+        a1, b1, b2 = (p.to(x.dtype) for p in (self.lsr_A1, self.lsr_B1, self.lsr_B2))
+        if self.form == "sum":
+            z = torch.einsum("tpa,ntaq->ntpq", a1, u)  # Zᵢ = A₁ᵢ X A₂ᵢᵀ, (N, t, r, r)
+        else:
+            z = torch.einsum("tpa,ntaq->npq", a1, u).unsqueeze(1).expand(-1, self.num_terms, -1, -1)
+        v = torch.einsum("ntpq,tdq->ntpd", z, b2)  # Zᵢ B₂ᵢᵀ
+        y = torch.einsum("tcp,ntpd->ncd", b1, v)  # Σᵢ B₁ᵢ Zᵢ B₂ᵢᵀ, (N, k₁, k₂)
+        return (y * self.scaling).reshape(*lead, self.out_features)
+
+    @classmethod
+    def from_config(cls, base_layer: nn.Module, cfg: LSRConfig, name: str = "") -> LSRLinear:
+        return cls(base_layer, r=cfg.r, num_terms=cfg.num_terms, alpha=cfg.alpha, dropout=cfg.dropout,
+                   form=cfg.form, path=cfg.path, in_factors=cfg.in_factors, out_factors=cfg.out_factors,
+                   name=name)

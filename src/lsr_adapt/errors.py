@@ -1,0 +1,13 @@
+"""User-facing errors: raised for bad input, printed as one line by the CLI entry points."""
+
+
+class LsrAdaptError(Exception):
+    """A problem with the user's input (config value, file, model/adapter mismatch).
+
+    Entry points catch it and print ``error: <message>`` without a traceback, so every message
+    must name the bad value and, where there is a finite set, the valid choices.
+    """
+
+
+def choices_error(what: str, value, choices) -> LsrAdaptError:
+    return LsrAdaptError(f"unknown {what} {value!r}; valid choices: {', '.join(map(str, sorted(choices)))}")

@@ -1,0 +1,69 @@
+"""Task metrics computed locally (no metric downloads)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from .errors import choices_error
+
+
+def accuracy(pred, label) -> float:
+    return float(np.mean(pred == label))
+
+
+def f1(pred, label) -> float:
+    """Binary F1 of class 1 (GLUE's convention for MRPC and QQP)."""
+    tp = np.sum((pred == 1) & (label == 1))
+    fp = np.sum((pred == 1) & (label != 1))
+    fn = np.sum((pred != 1) & (label == 1))
+    return float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0
+
+
+def macro_f1(pred, label) -> float:
+    scores = []
+    for c in np.unique(np.concatenate([pred, label])):
+        tp = np.sum((pred == c) & (label == c))
+        denom = np.sum(pred == c) + np.sum(label == c)
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores))
+
+
+def mcc(pred, label) -> float:
+    """Matthews correlation (CoLA), multiclass form; 0 when undefined."""
+    classes = np.unique(np.concatenate([pred, label]))
+    idx = {c: i for i, c in enumerate(classes)}
+    cm = np.zeros((len(classes), len(classes)))
+    for p, t in zip(pred, label):
+        cm[idx[t], idx[p]] += 1
+    t_sum, p_sum, n = cm.sum(1), cm.sum(0), cm.sum()
+    cov_tp = np.trace(cm) * n - t_sum @ p_sum
+    denom = np.sqrt((n**2 - p_sum @ p_sum) * (n**2 - t_sum @ t_sum))
+    return float(cov_tp / denom) if denom else 0.0
+
+
+def pearson(pred, label) -> float:
+    return float(stats.pearsonr(pred, label)[0]) if np.std(pred) > 0 else 0.0
+
+
+def spearman(pred, label) -> float:
+    return float(stats.spearmanr(pred, label)[0]) if np.std(pred) > 0 else 0.0
+
+
+CLASSIFICATION = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": mcc}
+REGRESSION = {"pearson": pearson, "spearman": spearman}
+METRICS = {**CLASSIFICATION, **REGRESSION}
+
+
+def check_metric_names(names) -> None:
+    for n in names:
+        if n not in METRICS:
+            raise choices_error("metric", n, METRICS)
+
+
+def compute(names, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Metrics by name from raw logits: argmax for classification, the single output for regression."""
+    logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits)
+    regression = logits.ndim == 1 or logits.shape[-1] == 1
+    pred = logits.reshape(-1) if regression else logits.argmax(-1)
+    return {n: METRICS[n](pred, np.asarray(labels)) for n in names}

@@ -1,0 +1,141 @@
+"""Offline stand-ins for the smoke preset: tiny random-init checkpoints and small synthetic data.
+
+Both are written to disk in the formats users have (a HF checkpoint directory, JSON-lines data
+files) and then loaded by the ordinary loaders, so the smoke preset exercises the real code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import LsrAdaptError
+
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+_SYLLABLES = ["ba", "ko", "mi", "ru", "te", "za", "lo", "ne", "fi", "gu", "pa", "sho", "vi", "da", "ke"]
+# A fixed pseudo-word vocabulary: readable, deterministic, and fully covered by the tiny tokenizer.
+WORDS = [a + b for a in _SYLLABLES for b in _SYLLABLES][:200]
+
+# Tiny configs per architecture: a few hundred thousand parameters, seconds per epoch on 2 cores.
+TINY_CONFIGS = {
+    "roberta": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                    max_position_embeddings=130, type_vocab_size=1, initializer_range=0.3,
+                    eos_token_id=2),
+    "bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=128, pad_token_id=0),
+    "distilbert": dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=128,
+                       pad_token_id=0),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LSR_ADAPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lsr_adapt")
+    return Path(root)
+
+
+def _publish_dir(build, target: Path) -> Path:
+    """Build into a temp dir and rename it into place, so concurrent jobs never see half a directory."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_max_length=128,
+    )
+
+
+def tiny_checkpoint(family: str) -> Path:
+    """A local checkpoint of a tiny random-init base model (no task head) of the given architecture."""
+    if family not in TINY_CONFIGS:
+        raise LsrAdaptError(f"no tiny smoke model for family {family!r}; valid choices: {', '.join(TINY_CONFIGS)}")
+
+    def build(tmp: Path):
+        import torch
+        from transformers import AutoConfig, AutoModel
+
+        tokenizer = tiny_tokenizer()
+        config = AutoConfig.for_model(family, vocab_size=len(tokenizer), **TINY_CONFIGS[family])
+        torch.manual_seed(0)
+        AutoModel.from_config(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _publish_dir(build, cache_dir() / "tiny-models" / family)
+
+
+def synthetic_files(text_fields, label_field: str, num_labels: int, sizes: dict[str, int], seed: int = 0,
+                    label_values=None) -> dict[str, str]:
+    """JSON-lines train/validation/test files in a task's format with a signal a tiny model can learn.
+
+    One text field: each class has its own marker words among random filler. Two text fields: the
+    second text copies a label-dependent share of the first (paraphrase / entailment style).
+    ``num_labels == 1`` makes a regression target in [0, 5] (STS-B style) from that share.
+    """
+    key = json.dumps([list(text_fields), label_field, num_labels, sizes, seed, label_values], sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+
+    def build(tmp: Path):
+        rng = random.Random(seed)
+        n_cls = max(num_labels, 2)
+        markers = [WORDS[10 * c: 10 * c + 10] for c in range(n_cls)]
+        filler = WORDS[100:]
+        for split, n in sizes.items():
+            with open(tmp / f"{split}.jsonl", "w") as f:
+                for _ in range(n):
+                    f.write(json.dumps(_example(rng, text_fields, label_field, num_labels, n_cls, markers,
+                                                filler, label_values)) + "\n")
+
+    out = _publish_dir(build, cache_dir() / "synthetic" / digest)
+    return {split: str(out / f"{split}.jsonl") for split in sizes}
+
+
+def _example(rng, text_fields, label_field, num_labels, n_cls, markers, filler, label_values):
+    c = rng.randrange(n_cls)
+    if len(text_fields) == 1:
+        words = rng.choices(filler, k=rng.randint(6, 14)) + rng.choices(markers[c], k=3)
+        rng.shuffle(words)
+        row = {text_fields[0]: " ".join(words)}
+        if num_labels == 1:
+            row[label_field] = 5.0 * c
+            return row
+    else:
+        # paraphrase / entailment style: the second text copies a label-dependent share of the
+        # first and carries the class's marker words, so a tiny model learns it in seconds
+        first = rng.choices(filler, k=rng.randint(8, 14))
+        share = c / (n_cls - 1) if num_labels > 1 else rng.random()
+        second = [w if rng.random() < share else rng.choice(filler) for w in first]
+        second += rng.choices(markers[c if num_labels > 1 else round(share)], k=3)
+        rng.shuffle(second)
+        row = {text_fields[0]: " ".join(first), text_fields[1]: " ".join(second)}
+        if num_labels == 1:
+            row[label_field] = round(5.0 * share, 3)
+            return row
+    row[label_field] = label_values[c] if label_values else c
+    return row

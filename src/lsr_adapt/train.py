@@ -1,0 +1,256 @@
+"""``train(cfg)``: one fine-tuning run from a composed Hydra config, recorded in ``results.json``.
+
+Kept apart from the ``@hydra.main`` wrapper in ``main.py`` so tests (and other programs) call it
+with configs they compose themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__
+from .adapters import adapter_layers
+from .errors import LsrAdaptError
+from .iofiles import atomic_path, write_json, write_text
+from .metrics import compute
+from .modeling import load_classifier, prepare_model
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def output_dir_of(cfg: DictConfig) -> Path:
+    if cfg.get("output_dir"):
+        return Path(cfg.output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    raise LsrAdaptError("output_dir is not set: pass output_dir=... when calling train() outside a Hydra app")
+
+
+def model_path_of(model_cfg) -> str:
+    """The checkpoint to load: the configured hub id / local dir, or a tiny random-init stand-in."""
+    if model_cfg.get("tiny"):
+        from .smoke import tiny_checkpoint
+
+        return str(tiny_checkpoint(model_cfg.family))
+    return str(model_cfg.name_or_path)
+
+
+def _precision(name: str) -> dict:
+    cuda = torch.cuda.is_available()
+    if name == "auto":
+        name = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if name not in ("fp32", "bf16", "fp16"):
+        raise LsrAdaptError(f"unknown training.precision {name!r}; valid choices: auto, fp32, bf16, fp16")
+    if name != "fp32" and not cuda and name == "fp16":
+        raise LsrAdaptError("training.precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    return {"bf16": name == "bf16", "fp16": name == "fp16", "_name": name}
+
+
+def _peak_memory_mb() -> tuple[float, str]:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
+
+
+def _make_callback(model, metric: str):
+    from transformers import TrainerCallback
+
+    class EpochRecorder(TrainerCallback):
+        """Per-epoch metrics, and the best epoch's trainable weights kept in memory (they are small),
+        so no full-model checkpoint is written to pick the best epoch."""
+
+        def __init__(self):
+            self.active = False
+            self.history, self.best, self.best_epoch, self.best_state = [], None, None, None
+            self.t0 = time.perf_counter()
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.active, self.t0 = True, time.perf_counter()
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            if not self.active or not metrics:
+                return
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            entry = {k.removeprefix("eval_"): v for k, v in metrics.items() if k.removeprefix("eval_") not in
+                     ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch")}
+            entry.update({"epoch": int(round(state.epoch or 0)), "step": state.global_step,
+                          "elapsed_s": round(time.perf_counter() - self.t0, 3),
+                          "train_loss": losses[-1] if losses else None})
+            self.history.append(entry)
+            value = entry.get(metric)
+            if value is not None and (self.best is None or value > self.best):
+                self.best, self.best_epoch = value, entry["epoch"]
+                self.best_state = {n: p.detach().to("cpu", copy=True)
+                                   for n, p in model.named_parameters() if p.requires_grad}
+
+    return EpochRecorder()
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fine-tune as configured; returns the results dict also written to ``<output_dir>/results.json``."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+    from .data import prepare_splits
+
+    out_dir = output_dir_of(cfg)
+    if (out_dir / RESULTS).exists():
+        raise LsrAdaptError(f"{out_dir} already holds a finished run ({RESULTS}); choose another output dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    tcfg, mcfg, dcfg = cfg.training, cfg.model, cfg.data
+    seed = int(tcfg.seed)
+    set_seed(seed)
+    precision = _precision(str(tcfg.get("precision", "auto")))
+    adaptation_type = str(mcfg.adaptation_type)
+    method_values = OmegaConf.to_container(mcfg.get(adaptation_type) or {}, resolve=True)
+
+    name_or_path = model_path_of(mcfg)
+    loaded = load_classifier(name_or_path, int(dcfg.num_labels))
+    target_modules = mcfg.get("target_modules")
+    if target_modules is not None and not isinstance(target_modules, str):
+        target_modules = list(target_modules)
+    counts = prepare_model(loaded, adaptation_type, method_values, target_modules)
+    head_names = counts.pop("head_param_names")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    epochs = float(tcfg.num_train_epochs)
+    splits = prepare_splits(dcfg, tokenizer, seed=seed, need_train=epochs > 0)
+    log.info("%s on %s: %d trainable of %d parameters (%.3f%%; adapter %d, head %d)", adaptation_type,
+             dcfg.name, counts["trainable_params"], counts["total_params"], counts["percent_trainable"],
+             counts["adapter_params"], counts["head_params"])
+
+    metric = str(dcfg.metric)
+    metric_names = list(dict.fromkeys([metric, *dcfg.metrics]))
+    recorder = _make_callback(model, metric)
+    report_to = [] if str(tcfg.get("report_to", "none")) == "none" else [str(tcfg.report_to)]
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=int(tcfg.batch_size),
+        per_device_eval_batch_size=int(tcfg.get("eval_batch_size") or tcfg.batch_size),
+        gradient_accumulation_steps=int(tcfg.get("gradient_accumulation_steps", 1)),
+        learning_rate=float(tcfg.learning_rate),
+        weight_decay=float(tcfg.weight_decay),
+        warmup_steps=float(tcfg.warmup_ratio),  # a float < 1 is a ratio of the total steps
+        lr_scheduler_type=str(tcfg.lr_scheduler),
+        max_grad_norm=float(tcfg.get("max_grad_norm", 1.0)),
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=int(tcfg.get("logging_steps", 50)),
+        report_to=report_to,
+        seed=seed,
+        data_seed=seed,
+        bf16=precision["bf16"],
+        fp16=precision["fp16"],
+        torch_compile=bool(tcfg.get("torch_compile", False)),
+        dataloader_num_workers=int(tcfg.get("dataloader_num_workers", 0)),
+        disable_tqdm=not sys.stderr.isatty(),
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=splits.get("train"), eval_dataset=splits["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+        compute_metrics=lambda p: compute(metric_names, p.predictions, p.label_ids),
+        callbacks=[recorder],
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+    before = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    metric_before = before[metric]
+    log.info("validation %s before training: %.4f", metric, metric_before)
+
+    train_metrics = {}
+    t0 = time.perf_counter()
+    if epochs > 0:
+        train_metrics = trainer.train().metrics
+    train_runtime = time.perf_counter() - t0
+    if recorder.best_state is not None:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for n, v in recorder.best_state.items():
+                params[n].copy_(v)
+    best_metric = recorder.best if recorder.best is not None else metric_before
+    best_epoch = recorder.best_epoch if recorder.best_epoch is not None else 0
+
+    test_metrics = None
+    if "test" in splits:
+        raw = trainer.evaluate(splits["test"], metric_key_prefix="test")
+        test_metrics = {k.removeprefix("test_"): v for k, v in raw.items()
+                        if k.removeprefix("test_") in metric_names or k == "test_loss"}
+    peak_mb, peak_kind = _peak_memory_mb()
+
+    save_adapter(model, out_dir, {
+        "adaptation_type": adaptation_type,
+        "method_config": dataclasses.asdict(loaded.method_config) if dataclasses.is_dataclass(loaded.method_config)
+        else loaded.method_config,
+        "target_modules": sorted(adapter_layers(model)),
+        "trained_head": head_names,
+        "base_model": str(mcfg.name_or_path),
+        "loaded_from": name_or_path,
+        "num_labels": int(dcfg.num_labels),
+        "task": str(dcfg.name),
+    })
+    results = {
+        "adaptation_type": adaptation_type,
+        "model_name": str(mcfg.name_or_path) + (" (tiny random-init)" if mcfg.get("tiny") else ""),
+        "task": str(dcfg.name),
+        **counts,
+        "method_config": OmegaConf.to_container(mcfg.get(adaptation_type) or {}, resolve=True),
+        "learning_rate": float(tcfg.learning_rate),
+        "batch_size": int(tcfg.batch_size),
+        "num_train_epochs": epochs,
+        "seed": seed,
+        "metric_name": metric,
+        "metric_before_training": metric_before,
+        "metrics_before_training": {k: before[k] for k in metric_names if k in before},
+        "eval_history": recorder.history,
+        "best_metric": best_metric,
+        "best_epoch": best_epoch,
+        "test_metrics": test_metrics,
+        "train_runtime_s": round(train_runtime, 3),
+        "examples_per_s": train_metrics.get("train_samples_per_second"),
+        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_kind": peak_kind,
+        "precision": precision["_name"],
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "versions": _versions(),
+        "status": "completed",
+    }
+    write_json(out_dir / RESULTS, results)
+    log.info("best validation %s %.4f at epoch %s; results in %s", metric, best_metric, best_epoch, out_dir / RESULTS)
+    return results
+
+
+def save_adapter(model, out_dir: Path, meta: dict) -> None:
+    """The trainable weights only (adapter + head) as safetensors, and a JSON description."""
+    from safetensors.torch import save_file
+
+    tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    with atomic_path(out_dir / ADAPTER_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "lsr_adapt": __version__})
+    write_json(out_dir / ADAPTER_CONFIG, {**meta, "lsr_adapt_version": __version__})
+
+
+def _versions() -> dict:
+    import transformers
+
+    return {"lsr_adapt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "numpy": np.__version__}
