@@ -1,9 +1,11 @@
 """Entry point: ``python main.py [group=option ...] [key=value ...] [--multirun ...]``."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from lsr_adapt.cli import exit_on_user_error
+from lsr_adapt.cli import exit_on_user_error, flags_first
 from lsr_adapt.train import train
 
 
@@ -14,4 +16,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = flags_first(sys.argv[1:])
     main()

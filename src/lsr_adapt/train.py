@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
-from .adapters import adapter_layers
+from .adapters import adapter_layers, get_method
 from .errors import LsrAdaptError
 from .iofiles import atomic_path, write_json, write_text
 from .metrics import compute
@@ -119,7 +119,9 @@ def train(cfg: DictConfig) -> dict:
     set_seed(seed)
     precision = _precision(str(tcfg.get("precision", "auto")))
     adaptation_type = str(mcfg.adaptation_type)
-    method_values = OmegaConf.to_container(mcfg.get(adaptation_type) or {}, resolve=True)
+    get_method(adaptation_type)  # an unknown name fails here, before anything loads
+    section = mcfg.get(adaptation_type)
+    method_values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
 
     name_or_path = model_path_of(mcfg)
     loaded = load_classifier(name_or_path, int(dcfg.num_labels))
@@ -213,7 +215,7 @@ def train(cfg: DictConfig) -> dict:
         "model_name": str(mcfg.name_or_path) + (" (tiny random-init)" if mcfg.get("tiny") else ""),
         "task": str(dcfg.name),
         **counts,
-        "method_config": OmegaConf.to_container(mcfg.get(adaptation_type) or {}, resolve=True),
+        "method_config": method_values,
         "learning_rate": float(tcfg.learning_rate),
         "batch_size": int(tcfg.batch_size),
         "num_train_epochs": epochs,
