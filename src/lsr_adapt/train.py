@@ -83,6 +83,9 @@ def _make_callback(model, metric: str):
         def on_train_begin(self, args, state, control, **kw):
             self.active, self.t0 = True, time.perf_counter()
 
+        def on_train_end(self, args, state, control, **kw):
+            self.active = False  # later evaluations (test split) are not epochs
+
         def on_evaluate(self, args, state, control, metrics=None, **kw):
             if not self.active or not metrics:
                 return
