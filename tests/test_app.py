@@ -241,7 +241,7 @@ def test_cli_multirun_gives_each_job_its_own_dir(tmp_path):
     (["model.target_modules=[qkv]"], "error: target_modules ['qkv'] matched no Linear layer"),
     (["model=roberta_lsr", "model.lsr.in_factors=[5,5]"], "error: LSR factors [5, 5] do not multiply to the input dim 32"),
     (["model=roberta_lsr", "model.lsr.r=9"], "error: LSR rank r=9 exceeds the smallest Kronecker factor"),
-    (["model.lora.rank=4"], "error: unknown lora option(s) ['rank']; valid options: alpha, dropout, r, use_rslora"),
+    (["+model.lora.rank=4"], "error: unknown lora option(s) ['rank']; valid options: alpha, dropout, r, use_rslora"),
     (["data.metric=auc"], "error: unknown metric 'auc'; valid choices:"),
 ])
 def test_cli_bad_input_is_one_line_and_leaves_no_results(tmp_path, overrides, message):

@@ -80,11 +80,13 @@ def check_columns(ds, data_cfg, split: str) -> None:
 
 def _encode_labels(ds, data_cfg):
     """String labels → ids by ``label_names`` order; regression labels → float."""
+    from datasets import Value
+
     field = data_cfg.label_field
     if int(data_cfg.num_labels) == 1:
-        return ds.map(lambda b: {field: [float(v) for v in b[field]]}, batched=True)
+        return ds.cast_column(field, Value("float32"))
     names = _get(data_cfg, "label_names")
-    if ds.features[field].dtype != "string":
+    if ds.features[field].dtype not in ("string", "large_string"):
         return ds
     if not names:
         raise LsrAdaptError(f"labels in column {field!r} are strings; set data.label_names to their order")
@@ -92,7 +94,9 @@ def _encode_labels(ds, data_cfg):
     keep = ds.filter(lambda b: [v in index for v in b[field]], batched=True)
     if len(keep) == 0:
         raise LsrAdaptError(f"no label in column {field!r} is one of data.label_names {list(names)}")
-    return keep.map(lambda b: {field: [index[v] for v in b[field]]}, batched=True)
+    # a fresh column: mapping into the string column would cast the ids back to strings
+    return keep.map(lambda b: {"_label_id": [index[v] for v in b[field]]}, batched=True,
+                    remove_columns=[field]).rename_column("_label_id", field)
 
 
 def has_labels(ds, field: str) -> bool:
