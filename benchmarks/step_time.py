@@ -98,12 +98,21 @@ METHODS: dict[str, tuple[Callable[[nn.Module], nn.Module], str]] = {
     "lsr_activations": (_ours("lsr", r=2, num_terms=16, alpha=2, path="activations"), "train"),
     "peft_lora": (_peft("lora"), "train"),
     "peft_lokr": (_peft("lokr"), "train"),
+    # the LoRA family (docs/methods.md)
+    "dora": (_ours("dora", r=8, alpha=8), "train"),
+    "peft_dora": (_peft("dora"), "train"),
+    "lora_fa": (_ours("lora_fa", r=8, alpha=8), "train"),
+    "dylora": (_ours("dylora", r=8, alpha=8), "train"),
+    "qlora": (_ours("qlora", r=8, alpha=8), "train"),
     "base": (lambda m: m, "infer"),
     "lora_unmerged": (_ours("lora", r=8, alpha=8), "infer"),
     "lsr_unmerged": (_ours("lsr", r=2, num_terms=16, alpha=2), "infer"),
     "lora_merged": (_merged(_ours("lora", r=8, alpha=8)), "infer"),
     "lsr_merged": (_merged(_ours("lsr", r=2, num_terms=16, alpha=2)), "infer"),
 }
+
+
+CUDA_ONLY = {"qlora"}  # bitsandbytes' CPU path works (tests) but is not what QLoRA is timed for
 
 
 def _sync(device):
@@ -153,6 +162,11 @@ def bench(name, build, kind, base_state, config, args, device, dtype):
     trainable = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     row = {"method": name, "trainable": sum(p.numel() for p in trainable)}
+    quantized = [p for p in model.parameters() if getattr(p, "quant_state", None) is not None]
+    if quantized:  # QLoRA: bytes per 4-bit base weight, quantisation statistics included
+        from lsr_adapt.adapters.qlora import weight_memory
+
+        row["bytes_per_quantized_param"] = weight_memory(model)["bytes_per_quantized_param"]
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -199,7 +213,8 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=None, help="default: 50 on cuda, 5 on cpu")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
+    p.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(METHODS)
+                   + f" (default: all; on cpu all but {', '.join(sorted(CUDA_ONLY))})")
     p.add_argument("--json", type=Path, help="write the rows here (a JSON list)")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
@@ -208,10 +223,14 @@ def main(argv=None):
     args.batch = args.batch or (32 if cuda else 8)
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
     args.iters = args.iters or (50 if cuda else 5)
+    if args.methods is None:
+        args.methods = ",".join(m for m in METHODS if cuda or m not in CUDA_ONLY)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; valid choices: {', '.join(METHODS)}")
+    if not cuda and CUDA_ONLY & set(names):
+        p.error(f"{', '.join(sorted(CUDA_ONLY & set(names)))} is timed on --device cuda only")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype, torch.bfloat16 if cuda else torch.float32)
     device = torch.device(args.device)
 

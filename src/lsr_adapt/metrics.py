@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import stats
 
@@ -50,15 +52,30 @@ def spearman(pred, label) -> float:
     return float(stats.spearmanr(pred, label)[0]) if np.std(pred) > 0 else 0.0
 
 
+def perplexity(mean_nll: float) -> float:
+    """Perplexity = exp(mean next-token cross-entropy in nats); inf where exp overflows."""
+    return math.exp(mean_nll) if mean_nll < 709 else math.inf
+
+
 CLASSIFICATION = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": mcc}
 REGRESSION = {"pearson": pearson, "spearman": spearman}
 METRICS = {**CLASSIFICATION, **REGRESSION}
+# computed from the evaluation loss, not from predictions (tasks/causal_lm.py)
+LOSS_METRICS = {"perplexity": perplexity}
+LOWER_IS_BETTER = frozenset({"perplexity", "loss"})
 
 
-def check_metric_names(names) -> None:
+def higher_is_better(name: str) -> bool:
+    """Which way the best epoch lies for a metric."""
+    return name not in LOWER_IS_BETTER
+
+
+def check_metric_names(names, extra=()) -> None:
+    """Every name is a known metric (``extra``: names a task computes itself, e.g. roc_auc)."""
+    known = {**METRICS, **LOSS_METRICS, **dict.fromkeys(extra)}
     for n in names:
-        if n not in METRICS:
-            raise choices_error("metric", n, METRICS)
+        if n not in known:
+            raise choices_error("metric", n, known)
 
 
 def compute(names, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -21,6 +21,8 @@ class LoadedModel:
     name_or_path: str
     new_param_names: list[str] = field(default_factory=list)  # weights the checkpoint did not provide
     method_config: object = None
+    # a causal LM's output layer (tasks/causal_lm.py): pretrained, so never adapted and never trained
+    frozen_output_modules: list[str] | None = None
 
 
 def load_tokenizer(name_or_path: str):
@@ -65,12 +67,18 @@ def _first_line(e: Exception) -> str:
 
 
 def head_parameter_names(model: nn.Module, new_param_names=()) -> list[str]:
-    """Parameters outside the base model (the task head) plus any the checkpoint did not provide."""
+    """The task head: parameters outside the base model, BERT's pooler, and any weight the
+    checkpoint did not provide.
+
+    BERT-style pooler (dense + tanh on the first token) exists only to feed the classifier: it is
+    the counterpart of RoBERTa's ``classifier.dense``, and a sentence-embedding checkpoint ships it
+    untrained for classification (or not at all), so it trains with the head.
+    """
     prefix = getattr(model, "base_model_prefix", "")
     names = set()
     params = dict(model.named_parameters())
     for name in params:
-        if prefix and not name.startswith(prefix + "."):
+        if (prefix and not name.startswith(prefix + ".")) or name.startswith(f"{prefix}.pooler."):
             names.add(name)
     # loading info may name a parameter by its tied alias; keep only real ones
     names.update(n for n in new_param_names if n in params)
@@ -80,16 +88,23 @@ def head_parameter_names(model: nn.Module, new_param_names=()) -> list[str]:
 def mark_trainable(model: nn.Module, head_names, train_base: bool = False) -> None:
     """Freeze everything, then unfreeze adapter parameters and the head (all of it with ``train_base``)."""
     head = set(head_names)
-    adapters = {f"{ln}.{pn}" for ln, layer in adapter_layers(model).items() for pn in layer.adapter_parameters()}
+    adapters = {f"{ln}.{pn}" for ln, layer in adapter_layers(model).items() for pn in layer.adapter_parameters()
+                if pn not in layer.frozen_params}
     for name, p in model.named_parameters():
         p.requires_grad_(train_base or name in head or name in adapters)
+
+
+def logical_numel(p: torch.Tensor) -> int:
+    """Number of weights a parameter holds; a bitsandbytes 4-bit weight stores two per byte element."""
+    quant_state = getattr(p, "quant_state", None)
+    return quant_state.shape.numel() if quant_state is not None else p.numel()
 
 
 def parameter_counts(model: nn.Module, head_names) -> dict:
     head = set(head_names)
     adapter = sum(layer.num_adapter_params() for layer in adapter_layers(model).values())
     params = dict(model.named_parameters())
-    total = sum(p.numel() for p in params.values())
+    total = sum(logical_numel(p) for p in params.values())
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     head_count = sum(params[n].numel() for n in head if n in params)
     return {
@@ -106,6 +121,8 @@ def prepare_model(loaded: LoadedModel, adaptation_type: str, method_cfg=None, ta
     model = loaded.model
     head = head_parameter_names(model, loaded.new_param_names)
     head_modules = sorted({n.rsplit(".", 1)[0] for n in head})
+    if loaded.frozen_output_modules is not None:  # no task head: the LM head is part of the base
+        head, head_modules = [], sorted(set(head_modules) | set(loaded.frozen_output_modules))
     _, loaded.method_config = apply_adapter(model, adaptation_type, method_cfg, target_modules, exclude=head_modules)
     mark_trainable(model, head, train_base=getattr(loaded.method_config, "train_base", False))
     counts = parameter_counts(model, head)

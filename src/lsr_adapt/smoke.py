@@ -30,6 +30,15 @@ TINY_CONFIGS = {
                  max_position_embeddings=128, pad_token_id=0),
     "distilbert": dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=128,
                        pad_token_id=0),
+    # causal LMs (tasks/causal_lm.py): token ids of the tiny tokenizer; the LM head is tied to the
+    # input embedding (as in GPT-2 and SmolLM2), so the saved base model is the whole LM. A wide
+    # init: with the default 0.02 the frozen tied head caps every logit near 0, pinning the
+    # perplexity at the vocabulary size whatever the adapter learns
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=128, bos_token_id=1, eos_token_id=2,
+                 pad_token_id=0, initializer_range=0.1),
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1),
 }
 
 

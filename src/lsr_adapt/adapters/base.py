@@ -51,6 +51,9 @@ class AdapterLayer(nn.Module):
     #: optimizer recipes such as LoRA+ and LoRA-FA act on these roles, not on method names.
     a_params: tuple[str, ...] = ()
     b_params: tuple[str, ...] = ()
+    #: adapter parameters that are part of the adapter's state but never train (LoRA-FA's A):
+    #: saved with the adapter, left frozen by ``modeling.mark_trainable``.
+    frozen_params: tuple[str, ...] = ()
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()

@@ -19,7 +19,17 @@ class AdapterMethod:
     config_cls:  dataclass of the method's hyperparameters (the ``model.<name>`` YAML section).
     make_layer:  ``(base_layer, config, layer_name) -> AdapterLayer`` for methods that wrap target
                  layers; None for methods that wrap nothing (full fine-tuning, head only).
-    prepare:     optional ``(model, config) -> None`` run after wrapping (e.g. unfreeze, freeze A).
+    prepare:     optional ``(model, config) -> None`` run after wrapping (e.g. quantize the rest).
+
+    Optional training hooks (all generic: a method that needs none leaves them None):
+
+    param_groups:  ``(model, config, lr, weight_decay) -> list[dict] | None``: optimizer parameter
+                   groups (e.g. LoRA+'s larger B learning rate); the trainer builds its usual
+                   optimizer class over them and keeps its own learning-rate schedule.
+    training_args: ``(config) -> dict`` of extra ``TrainingArguments`` (e.g. a paged optimizer).
+    after_train:   ``(model, config, evaluate) -> dict`` of extra ``results.json`` entries, run on
+                   the best weights; ``evaluate()`` returns the validation metrics (e.g. DyLoRA's
+                   rank → metric table).
     """
 
     name: str
@@ -27,6 +37,9 @@ class AdapterMethod:
     make_layer: Callable[[nn.Module, Any, str], nn.Module] | None = None
     prepare: Callable[[nn.Module, Any], None] | None = None
     description: str = ""
+    param_groups: Callable[[nn.Module, Any, float, float], list[dict] | None] | None = None
+    training_args: Callable[[Any], dict] | None = None
+    after_train: Callable[[nn.Module, Any, Callable[[], dict]], dict] | None = None
 
     def make_config(self, values: Mapping[str, Any] | Any | None = None):
         """Build the config dataclass from a mapping, ignoring nothing silently: unknown keys are errors."""
@@ -49,10 +62,11 @@ METHODS: dict[str, AdapterMethod] = {}
 
 
 def register_method(name: str, config_cls: type, make_layer=None, prepare=None, description: str = "",
-                    *, replace: bool = False) -> AdapterMethod:
+                    *, replace: bool = False, **hooks) -> AdapterMethod:
+    """Register ``name``; ``hooks`` are the optional training hooks of ``AdapterMethod``."""
     if name in METHODS and not replace:
         raise ValueError(f"adaptation_type {name!r} is already registered")
-    method = AdapterMethod(name, config_cls, make_layer, prepare, description)
+    method = AdapterMethod(name, config_cls, make_layer, prepare, description, **hooks)
     METHODS[name] = method
     return method
 

@@ -1,0 +1,292 @@
+"""Equal parameter budgets: the LoRA rank and LSR (r, t, factors) whose adapters come closest to N.
+
+Adapter sizes over the targeted layers (the task head is not counted: it is the same for every
+method), with the formulas of the layer classes:
+
+* LoRA (``LoRALinear``): r·(in + out) per layer;
+* LSR  (``LSRLinear``):  t·r·(d₁ + d₂ + k₁ + k₂) per layer, in = d₁·d₂, out = k₁·k₂ (factors as
+  the layer resolves them: the configured ``in_factors``/``out_factors``, else the balanced split),
+  valid only while r ≤ min(d₁, d₂, k₁, k₂).
+
+RoBERTa-base, query and value of 12 layers (24 layers of 768×768 = (32·24)×(32·24)):
+LoRA r=8 → 24·8·1536 = 294,912; LSR r=2, t=16 → 24·16·2·112 = 86,016.
+
+The match minimises |size − budget|; ties go to the configured values (LSR r closest to the
+configured r, balanced factors, fewer terms; the smaller LoRA rank). LSR changes only the fields
+named in ``budget.lsr_free`` (default: ``num_terms``, keeping the configured r). Every pick is
+checked against real layers built on the meta device.
+
+In a run: ``budget.params=N`` (root config) rewrites the method's size fields before the adapter is
+applied; the chosen values are in ``results.json``'s ``method_config``. Standalone:
+``python -m lsr_adapt.budget --arch roberta --params 86016``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import LsrAdaptError
+
+log = logging.getLogger(__name__)
+
+LSR_FREE_FIELDS = ("r", "num_terms", "factors")
+BUDGET_METHODS = ("lora", "lsr")
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass
+class Match:
+    """A picked configuration: the fields to set in the method config and the resulting size."""
+
+    method: str
+    updates: dict
+    adapter_params: int
+    budget: int
+    candidates: int = 0
+    values: dict = field(default_factory=dict)  # the full method config after the updates
+
+    @property
+    def rel_error(self) -> float:
+        return (self.adapter_params - self.budget) / self.budget
+
+    def describe(self) -> str:
+        fields = ", ".join(f"{k}={v}" for k, v in self.updates.items())
+        return f"{self.method} {fields}: {self.adapter_params:,} adapter params ({100 * self.rel_error:+.2f}% of {self.budget:,})"
+
+
+def target_shapes(model: nn.Module, target_modules=None, exclude=()) -> list[LayerShape]:
+    """(in, out) of every layer ``target_modules`` selects, as ``apply_adapter`` would select them."""
+    from .adapters import resolve_target_modules
+    from .adapters.base import base_layer_dims
+
+    shapes = []
+    for name in resolve_target_modules(model, target_modules, exclude):
+        in_f, out_f, _ = base_layer_dims(model.get_submodule(name))
+        shapes.append(LayerShape(name, in_f, out_f))
+    return shapes
+
+
+# -- sizes -----------------------------------------------------------------------------------------
+def lora_size(shapes: list[LayerShape], r: int) -> int:
+    """Σ r·(in + out)."""
+    return sum(int(r) * (s.in_features + s.out_features) for s in shapes)
+
+
+def _lsr_factors(shape: LayerShape, in_factors, out_factors) -> tuple[int, int, int, int]:
+    from .adapters.lsr import LSRLinear
+
+    d1, d2 = LSRLinear._check_factors(in_factors, shape.in_features, shape.name, "input dim")
+    k1, k2 = LSRLinear._check_factors(out_factors, shape.out_features, shape.name, "output dim")
+    return d1, d2, k1, k2
+
+
+def lsr_size(shapes: list[LayerShape], r: int, num_terms: int, in_factors=None, out_factors=None) -> int:
+    """Σ t·r·(d₁ + d₂ + k₁ + k₂)."""
+    return sum(int(num_terms) * int(r) * sum(_lsr_factors(s, in_factors, out_factors)) for s in shapes)
+
+
+def real_size(method: str, shapes: list[LayerShape], values: dict) -> int:
+    """The adapter parameters of the real layer classes for ``values``, built on the meta device."""
+    from .adapters import get_method
+
+    m = get_method(method)
+    cfg = m.make_config(values)
+    total, per_shape = 0, {}
+    for s in shapes:
+        key = (s.in_features, s.out_features)
+        if key not in per_shape:
+            base = nn.Linear(s.in_features, s.out_features, device="meta")
+            per_shape[key] = m.make_layer(base, cfg, s.name).num_adapter_params()
+        total += per_shape[key]
+    return total
+
+
+# -- matching --------------------------------------------------------------------------------------
+def _check_budget(shapes, budget) -> int:
+    if not shapes:
+        raise LsrAdaptError("budget matching needs at least one target layer")
+    try:
+        budget = int(budget)
+    except (TypeError, ValueError):
+        raise LsrAdaptError(f"budget.params must be a positive integer, got {budget!r}") from None
+    if budget < 1:
+        raise LsrAdaptError(f"budget.params must be a positive integer, got {budget}")
+    return budget
+
+
+def _near(budget: int, per_unit: int) -> list[int]:
+    """The integers n ≥ 1 whose n·per_unit bracket the budget."""
+    lo = max(1, budget // per_unit)
+    return [lo, lo + 1]
+
+
+def match_lora(shapes: list[LayerShape], budget: int, base: dict | None = None) -> Match:
+    """The LoRA rank r (1 ≤ r ≤ the smallest layer dimension) with r·Σ(in+out) closest to ``budget``."""
+    budget = _check_budget(shapes, budget)
+    per_rank = lora_size(shapes, 1)
+    r_max = min(min(s.in_features, s.out_features) for s in shapes)
+    candidates = sorted({min(r, r_max) for r in _near(budget, per_rank)})
+    r = min(candidates, key=lambda r: (abs(r * per_rank - budget), r))
+    values = {**(base or {}), "r": r}
+    return Match("lora", {"r": r}, r * per_rank, budget, len(candidates), values)
+
+
+def _factor_pairs(n: int) -> list[list[int]]:
+    """Every split n = a·b (a ≥ b ≥ 2, a ≤ 16·b) an LSR layer accepts, most balanced first."""
+    from .adapters.lsr import MAX_FACTOR_RATIO
+
+    pairs = []
+    for b in range(math.isqrt(n), 1, -1):
+        if n % b == 0 and n // b <= MAX_FACTOR_RATIO * b:
+            pairs.append([n // b, b])
+    return pairs
+
+
+def _factor_choices(shapes, configured, dim: str, free: bool) -> list:
+    """Configured factors first; with ``free`` also every explicit split shared by all target layers."""
+    choices = [configured]
+    dims = {getattr(s, dim) for s in shapes}
+    if free and configured is None and len(dims) == 1:
+        # one in_factors/out_factors list applies to every layer, so it only exists for a common dim;
+        # null stands for the balanced split, which is the first pair
+        choices += _factor_pairs(dims.pop())[1:]
+    return choices
+
+
+def match_lsr(shapes: list[LayerShape], budget: int, base: dict | None = None,
+              free=("num_terms",)) -> Match:
+    """The LSR (r, num_terms, in/out factors) closest to ``budget``, changing only ``free`` fields."""
+    budget = _check_budget(shapes, budget)
+    base = dict(base or {})
+    free = set(free)
+    bad = free - set(LSR_FREE_FIELDS)
+    if bad or not free:
+        raise LsrAdaptError(f"budget.lsr_free must name some of {', '.join(LSR_FREE_FIELDS)}; got {sorted(free) or '[]'}")
+    r0, t0 = int(base.get("r", 2)), int(base.get("num_terms", 16))
+    best, n = None, 0
+    for in_f in _factor_choices(shapes, base.get("in_factors"), "in_features", "factors" in free):
+        for out_f in _factor_choices(shapes, base.get("out_factors"), "out_features", "factors" in free):
+            dims = [_lsr_factors(s, in_f, out_f) for s in shapes]
+            r_max = min(min(d) for d in dims)
+            per_term_rank = sum(sum(d) for d in dims)  # Σ (d₁+d₂+k₁+k₂): size of t = r = 1
+            rs = range(1, r_max + 1) if "r" in free else [r0]
+            for r in rs:
+                if r > r_max:
+                    continue
+                ts = _near(budget, r * per_term_rank) if "num_terms" in free else [t0]
+                for t in ts:
+                    size = t * r * per_term_rank
+                    # factor-sum penalty prefers the balanced split (the layer's default) on ties
+                    key = (abs(size - budget), abs(r - r0), per_term_rank, t)
+                    n += 1
+                    if best is None or key < best[0]:
+                        best = (key, r, t, in_f, out_f, size)
+    if best is None:
+        raise LsrAdaptError(f"no valid LSR configuration: r={r0} exceeds the smallest Kronecker factor of the "
+                            f"target layers; add r to budget.lsr_free or lower model.lsr.r")
+    _, r, t, in_f, out_f, size = best
+    updates = {}
+    if "r" in free:
+        updates["r"] = r
+    if "num_terms" in free:
+        updates["num_terms"] = t
+    if "factors" in free:
+        updates["in_factors"], updates["out_factors"] = in_f, out_f
+    return Match("lsr", updates, size, budget, n, {**base, **updates})
+
+
+def match_budget(method: str, shapes: list[LayerShape], budget: int, base: dict | None = None,
+                 lsr_free=("num_terms",)) -> Match:
+    """Dispatch to the method's matcher and check the pick against the real layer class."""
+    if method not in BUDGET_METHODS:
+        raise LsrAdaptError(f"budget.params sets the size of {' and '.join(BUDGET_METHODS)} adapters; "
+                            f"adaptation_type {method!r} has no size rule here (size it by hand, budget.params=null)")
+    match = match_lora(shapes, budget, base) if method == "lora" else match_lsr(shapes, budget, base, lsr_free)
+    real = real_size(method, shapes, match.values)
+    if real != match.adapter_params:
+        raise RuntimeError(f"budget formula for {method} gives {match.adapter_params} but the layers hold {real}")
+    return match
+
+
+def apply_budget(loaded, adaptation_type: str, method_values: dict, target_modules, budget_cfg) -> dict:
+    """``budget.params`` → the method config with its size fields set (``train()``'s hook)."""
+    from .modeling import head_parameter_names
+
+    head = head_parameter_names(loaded.model, loaded.new_param_names)
+    exclude = sorted({n.rsplit(".", 1)[0] for n in head})  # as prepare_model excludes the head
+    shapes = target_shapes(loaded.model, target_modules, exclude)
+    free = list(budget_cfg.get("lsr_free") or ["num_terms"])
+    match = match_budget(adaptation_type, shapes, budget_cfg.get("params"), method_values, free)
+    log.info("budget.params=%d over %d layers: %s", match.budget, len(shapes), match.describe())
+    return match.values
+
+
+# -- command line ----------------------------------------------------------------------------------
+def meta_model(model: str | None = None, arch: str | None = None) -> nn.Module:
+    """A classifier with the architecture of ``model`` (hub id / local dir) or ``arch`` (a model type at
+    its transformers default size, e.g. roberta = roberta-base), on the meta device: no weights."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if arch:
+        from transformers import CONFIG_MAPPING
+
+        if arch not in CONFIG_MAPPING:
+            raise LsrAdaptError(f"unknown arch {arch!r}: give a transformers model type, e.g. roberta, bert, "
+                                f"deberta-v2, gpt2, llama")
+        config = AutoConfig.for_model(arch)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(model)
+        except (OSError, ValueError) as e:
+            raise LsrAdaptError(f"cannot load the config of model {model!r}: {str(e).splitlines()[0][:200]}") from None
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def main(argv=None) -> None:
+    from .cli import exit_on_user_error
+
+    p = argparse.ArgumentParser(prog="python -m lsr_adapt.budget", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="hub id or local checkpoint dir (only its config is read)")
+    src.add_argument("--arch", help="a model type at transformers' default size, e.g. roberta, bert, gpt2")
+    p.add_argument("--params", type=int, required=True, help="adapter parameter budget")
+    p.add_argument("--target-modules", nargs="+", default=None, help="default: the architecture's q/v")
+    p.add_argument("--lsr-r", type=int, default=2)
+    p.add_argument("--lsr-terms", type=int, default=16)
+    p.add_argument("--lsr-free", nargs="+", default=["num_terms"], choices=LSR_FREE_FIELDS)
+    args = p.parse_args(argv)
+
+    def run():
+        model = meta_model(args.model, args.arch)
+        from .modeling import head_parameter_names
+
+        exclude = sorted({n.rsplit(".", 1)[0] for n in head_parameter_names(model)})
+        tm = args.target_modules
+        shapes = target_shapes(model, tm[0] if tm and len(tm) == 1 and tm[0] == "all-linear" else tm, exclude)
+        print(f"{len(shapes)} target layers, shapes (in, out): "
+              f"{sorted({(s.in_features, s.out_features) for s in shapes})}")
+        lsr_base = {"r": args.lsr_r, "num_terms": args.lsr_terms}
+        print(f"natural sizes: lora r=8: {lora_size(shapes, 8):,}; lsr r={args.lsr_r} t={args.lsr_terms}: "
+              f"{lsr_size(shapes, args.lsr_r, args.lsr_terms):,}")
+        for method, base in (("lora", {"r": 8}), ("lsr", lsr_base)):
+            print(match_budget(method, shapes, args.params, base, args.lsr_free).describe())
+
+    exit_on_user_error(run)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

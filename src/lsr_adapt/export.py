@@ -1,0 +1,160 @@
+"""Export a saved run: ``python -m lsr_adapt.export --run RUN_DIR --format FORMAT --out DIR``.
+
+Formats (see docs/artifacts.md):
+
+* ``merged``: ΔW folded into the base weights; a plain HF model directory (weights, config,
+  tokenizer) that ``AutoModelForSequenceClassification.from_pretrained`` loads without lsr-adapt.
+  Exact (up to fp32 rounding of W + ΔW) for every method.
+* ``peft``: peft LoRA files (``PeftModel.from_pretrained(base, DIR)``); exact for LoRA, rsLoRA, DoRA.
+* ``lokr``: peft LoKr files; exact for single-term LSR (num_terms = 1).
+* ``lora``: any method's ΔW truncated to rank ``--rank`` by SVD, as peft LoRA files; the relative
+  Frobenius error is printed and written to ``export_report.json``.
+
+The output directory is built beside ``--out`` and renamed into place: there is never half of one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_run, publish_dir, quiet_hf
+from .cli import exit_on_user_error
+from .errors import LsrAdaptError, choices_error
+from .iofiles import write_json
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("merged", "peft", "lokr", "lora")
+REPORT = "export_report.json"
+_PROBE_TEXTS = ["the quick brown fox", "jumps over the lazy dog again"]
+
+
+def _probe_logits(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer(_PROBE_TEXTS, padding=True, return_tensors="pt")
+    batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+    with torch.no_grad():
+        return model(**batch).logits.float().cpu()
+
+
+def _is_4bit(module) -> bool:
+    return getattr(getattr(module, "weight", None), "quant_state", None) is not None
+
+
+def _linear(weight: torch.Tensor, bias) -> torch.nn.Linear:
+    out = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    out.weight.data = weight.detach().float().contiguous()
+    if bias is not None:
+        out.bias.data = bias.detach().float().clone()
+    return out
+
+
+@torch.no_grad()
+def merged_plain_model(model):
+    """W₀ + ΔW folded into every adapted layer, adapter code removed: a stock transformers model.
+
+    A 4-bit (QLoRA) base is dequantized first, so the export holds W = dequant(W₀) + ΔW in fp32,
+    the weight the live QLoRA model computes with, instead of re-quantizing the sum.
+    """
+    from .adapters import adapter_layers, merge_and_unload, replace_modules
+
+    for name, layer in list(adapter_layers(model).items()):
+        if _is_4bit(layer.base_layer):
+            layer.unmerge()
+            w = layer.base_weight().float() + layer.delta_weight().float()
+            replace_modules(model, [name], lambda m, _n, w=w: _linear(w, m.base_layer.bias))
+    merge_and_unload(model)
+    quantized = [n for n, m in model.named_modules() if _is_4bit(m)]
+    if quantized:
+        from .adapters.qlora import dequantize
+
+        replace_modules(model, quantized, lambda m, _n: _linear(dequantize(m.weight), m.bias))
+    return model
+
+
+def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool = False, base: str | None = None,
+           check_fingerprint: bool = True) -> dict:
+    """Write ``run_dir``'s adapter to ``out`` in ``fmt``; returns the report also saved as export_report.json."""
+    if fmt not in FORMATS:
+        raise choices_error("export format", fmt, FORMATS)
+    if fmt == "lora" and rank is None:
+        raise LsrAdaptError("--format lora needs --rank R (the rank of the SVD approximation)")
+    if rank is not None and fmt != "lora":
+        raise LsrAdaptError(f"--rank applies to --format lora only, not {fmt!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LsrAdaptError(f"{out}: already exists; choose another output directory or pass --overwrite")
+    run = load_run(run_dir, base=base, check_fingerprint=check_fingerprint)
+    meta = run.adapter_config
+    report = {"format": fmt, "source": str(run_dir), "adaptation_type": meta.get("adaptation_type"),
+              "method_config": meta.get("method_config"), "base_model": meta.get("base_model")}
+
+    if fmt == "merged":
+        live = _probe_logits(run.model, run.tokenizer)
+        model = merged_plain_model(run.model)
+        diff = (_probe_logits(model, run.tokenizer) - live).abs().max().item()
+        report.update(exact=True, probe_max_abs_logit_diff=diff)
+
+        def build(tmp: Path):
+            model.save_pretrained(tmp)
+            run.tokenizer.save_pretrained(tmp)
+            write_json(tmp / REPORT, report)
+    else:
+        from safetensors.torch import save
+
+        from .peft_format import peft_lokr, peft_lora, svd_lora
+
+        if fmt == "peft":
+            config, tensors = peft_lora(run.model, meta)
+            report.update(exact=True)
+        elif fmt == "lokr":
+            config, tensors = peft_lokr(run.model, meta)
+            report.update(exact=True)
+        else:
+            config, tensors, svd = svd_lora(run.model, meta, int(rank))
+            report.update(exact=False, **svd)
+        data = save(tensors, metadata={"format": "pt"})
+
+        def build(tmp: Path):
+            write_json(tmp / ADAPTER_CONFIG, config)
+            (tmp / ADAPTER_WEIGHTS).write_bytes(data)
+            write_json(tmp / REPORT, report)
+
+    publish_dir(build, out, overwrite=overwrite)
+    return report
+
+
+def summary(report: dict, out) -> str:
+    line = f"exported {report['adaptation_type']} adapter as {report['format']} to {out}"
+    if report.get("exact"):
+        extra = ""
+        if "probe_max_abs_logit_diff" in report:
+            extra = f"; merged vs live max |Δlogit| on a probe batch {report['probe_max_abs_logit_diff']:.2e}"
+        return f"{line} (exact{extra})"
+    return (f"{line} (rank {report['rank']} SVD: relative Frobenius error {report['relative_error']:.3e} overall, "
+            f"{report['max_layer_relative_error']:.3e} worst layer; per layer in {Path(out) / REPORT})")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m lsr_adapt.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run directory (or adapter directory) to export")
+    p.add_argument("--format", required=True, dest="fmt", help=f"one of {', '.join(FORMATS)}")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--rank", type=int, default=None, help="rank of the SVD LoRA (--format lora)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--base", default=None, help="base model path/id, if not where the run loaded it from")
+    p.add_argument("--no-fingerprint-check", action="store_true", help="load even if the base weights differ")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    quiet_hf()
+    report = exit_on_user_error(export, args.run, args.fmt, args.out, args.rank, overwrite=args.overwrite,
+                                base=args.base, check_fingerprint=not args.no_fingerprint_check)
+    print(json.dumps(report, indent=2) if args.json else summary(report, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,494 @@
+"""Compare runs: ``python -m lsr_adapt.report SWEEP_OR_RUN_DIR [more dirs] [--out DIR]``.
+
+Reads every ``results.json`` below the given directories (written by ``train.py``) and writes, into
+``--out`` (default: the first directory):
+
+* ``report.md`` and ``report.csv``: one row per configuration, that is everything but the seed
+  (task, base model, method, method hyperparameters, learning rate, batch size, epochs, precision,
+  device), with the adapter / head / total trainable parameters and % of the model, the best
+  validation metric as mean ± sample standard deviation (n − 1) over the seeds with n, the metric
+  before training, and the means of train time, examples/s and peak memory;
+* per task (and metric) PNG plots: ``curves_<task>.png`` (validation metric vs epoch and vs
+  wall-clock training time, mean over seeds with a min–max band), ``frontier_<task>.png`` (best
+  metric vs trainable parameters, log x, ± std error bars, the non-dominated configurations joined:
+  the efficiency frontier) and ``memory_<task>.png`` (peak memory per configuration).
+
+Jobs that did not finish are listed, not fatal: a Hydra job directory (one holding ``.hydra/``)
+without ``results.json``, a ``results.json`` whose ``status`` is not ``completed``, or one that
+cannot be read. Every output is written atomically (``iofiles.atomic_path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import LsrAdaptError
+from .iofiles import atomic_path, write_text
+
+RESULTS = "results.json"
+# keys of results.json that make a configuration (everything but the seed and the measurements)
+CONFIG_FIELDS = ("task", "metric_name", "model_name", "adaptation_type", "method_config", "learning_rate",
+                 "batch_size", "num_train_epochs", "precision", "device")
+# method hyperparameters always named in labels when set; others only where they vary
+LABEL_ALWAYS = ("r", "num_terms", "alpha", "in_factors", "out_factors")
+LABEL_NEVER = ("path",)  # LSR's compute path: the same update computed another way
+SHORT = {"num_terms": "t", "alpha": "α", "in_factors": "in", "out_factors": "out"}
+
+
+@dataclass
+class Problem:
+    path: Path
+    status: str
+    reason: str
+
+
+@dataclass
+class Config:
+    """The runs (one per seed, normally) of one configuration."""
+
+    key: tuple
+    runs: list[dict] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def first(self) -> dict:
+        return self.runs[0]
+
+    def values(self, name: str) -> list[float]:
+        return [float(r[name]) for r in self.runs if isinstance(r.get(name), (int, float))]
+
+    def mean(self, name: str) -> float | None:
+        v = self.values(name)
+        return statistics.fmean(v) if v else None
+
+    def std(self, name: str) -> float | None:
+        """Sample standard deviation over the seeds; None for a single run."""
+        v = self.values(name)
+        return statistics.stdev(v) if len(v) > 1 else None
+
+    @property
+    def seeds(self) -> list:
+        return [r.get("seed") for r in self.runs]
+
+
+# -- collecting --------------------------------------------------------------------------------------
+def collect(dirs: list[Path]) -> tuple[list[tuple[Path, dict]], list[Problem]]:
+    """(run dir, results) of every completed run below ``dirs``, and the jobs that did not complete."""
+    runs, problems, seen = [], [], set()
+    found_any = False
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise LsrAdaptError(f"{d} is not a directory: give sweep or run directories (multirun/..., outputs/...)")
+        result_files = sorted(d.rglob(RESULTS))
+        job_dirs = sorted({p.parent for p in d.rglob(".hydra") if p.is_dir()})
+        found_any = found_any or bool(result_files or job_dirs)
+        for f in result_files:
+            if f.resolve() in seen:
+                continue
+            seen.add(f.resolve())
+            try:
+                data = json.loads(f.read_text())
+                if not isinstance(data, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as e:
+                problems.append(Problem(f.parent, "unreadable", f"{RESULTS}: {e}"))
+                continue
+            status = str(data.get("status", "unknown"))
+            if status != "completed":
+                reason = data.get("error") or data.get("message") or f"{RESULTS} says status={status}"
+                problems.append(Problem(f.parent, status, str(reason)))
+                continue
+            runs.append((f.parent, data))
+        for j in job_dirs:
+            if (j / RESULTS).exists() or j.resolve() in seen:
+                continue
+            seen.add(j.resolve())
+            problems.append(Problem(j, "unfinished", _why_unfinished(j)))
+    if not found_any:
+        where = ", ".join(str(d) for d in dirs)
+        raise LsrAdaptError(f"no {RESULTS} and no Hydra job directory below {where}: nothing to report "
+                            f"(run e.g. `python main.py -m experiment=smoke model=roberta_lora,roberta_lsr` first)")
+    return runs, problems
+
+
+def _why_unfinished(job: Path) -> str:
+    """The job's last logged error (``main.log``), else 'no results.json'."""
+    logs = sorted(job.glob("*.log"))
+    for log_file in logs:
+        try:
+            lines = log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        errors = [ln for ln in lines if "[ERROR]" in ln or ln.startswith("error:")]
+        if errors:
+            return "failed: " + re.sub(r"^\[[^]]*\]\[[^]]*\]\[ERROR\] - ", "", errors[-1]).strip()[:300]
+    return f"no {RESULTS} (still running, killed, or crashed before writing it)"
+
+
+def group_configs(runs: list[tuple[Path, dict]]) -> list[Config]:
+    groups: dict[tuple, Config] = {}
+    for run_dir, data in runs:
+        key = tuple(json.dumps(data.get(k), sort_keys=True) for k in CONFIG_FIELDS)
+        cfg = groups.setdefault(key, Config(key))
+        cfg.runs.append(data)
+        cfg.dirs.append(run_dir)
+    configs = list(groups.values())
+    _set_labels(configs)
+    configs.sort(key=lambda c: (str(c.first.get("task")), str(c.first.get("metric_name")),
+                                str(c.first.get("adaptation_type")), c.first.get("adapter_params") or 0,
+                                c.first.get("learning_rate") or 0, c.label))
+    return configs
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, list):
+        return "×".join(str(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _set_labels(configs: list[Config]) -> None:
+    """'r=2 t=16 α=2' style labels: the size fields, plus whatever differs between configs of a method."""
+    by_method: dict[str, list[Config]] = {}
+    for c in configs:
+        by_method.setdefault(str(c.first.get("adaptation_type")), []).append(c)
+    for group in by_method.values():
+        mcs = [c.first.get("method_config") or {} for c in group]
+        keys = list(dict.fromkeys(k for mc in mcs for k in mc))
+        varying = {k for k in keys if len({json.dumps(mc.get(k), sort_keys=True) for mc in mcs}) > 1}
+        for c, mc in zip(group, mcs):
+            parts = []
+            for k in keys:
+                v = mc.get(k)
+                if k in LABEL_NEVER or v is None or (k not in varying and k not in LABEL_ALWAYS):
+                    continue
+                parts.append(k if v is True else f"{SHORT.get(k, k)}={_fmt_value(v)}")
+            c.label = " ".join(parts)
+
+
+def _display(c: Config, configs: list[Config]) -> str:
+    """Method + label, and the training setting where it differs from the other configs shown."""
+    text = f"{c.first.get('adaptation_type')} {c.label}".strip()
+    for k, short in (("learning_rate", "lr"), ("num_train_epochs", "ep"), ("batch_size", "bs"),
+                     ("model_name", "model"), ("device", "on")):
+        if len({json.dumps(x.first.get(k)) for x in configs}) > 1:
+            text += f" {short}={_fmt_value(c.first.get(k))}"
+    return text
+
+
+def by_task(configs: list[Config]) -> dict[tuple[str, str], list[Config]]:
+    tasks: dict[tuple[str, str], list[Config]] = {}
+    for c in configs:
+        tasks.setdefault((str(c.first.get("task")), str(c.first.get("metric_name"))), []).append(c)
+    return tasks
+
+
+# -- tables ------------------------------------------------------------------------------------------
+CSV_COLUMNS = (
+    "task", "metric", "method", "hyperparameters", "method_config", "base_model", "learning_rate", "batch_size",
+    "epochs", "adapter_params", "head_params", "trainable_params", "total_params", "percent_trainable",
+    "best_mean", "best_std", "n", "seeds", "best_epoch_mean", "metric_before_mean", "train_time_s_mean",
+    "examples_per_s_mean", "peak_memory_mb_mean", "peak_memory_kind", "precision", "device", "run_dirs",
+)
+
+
+def csv_rows(configs: list[Config], root: Path) -> list[dict]:
+    rows = []
+    for c in configs:
+        f = c.first
+        rows.append({
+            "task": f.get("task"), "metric": f.get("metric_name"), "method": f.get("adaptation_type"),
+            "hyperparameters": c.label, "method_config": json.dumps(f.get("method_config"), sort_keys=True),
+            "base_model": f.get("model_name"), "learning_rate": f.get("learning_rate"),
+            "batch_size": f.get("batch_size"), "epochs": f.get("num_train_epochs"),
+            "adapter_params": f.get("adapter_params"), "head_params": f.get("head_params"),
+            "trainable_params": f.get("trainable_params"), "total_params": f.get("total_params"),
+            "percent_trainable": f.get("percent_trainable"),
+            "best_mean": c.mean("best_metric"), "best_std": c.std("best_metric"), "n": len(c.runs),
+            "seeds": " ".join(str(s) for s in c.seeds), "best_epoch_mean": c.mean("best_epoch"),
+            "metric_before_mean": c.mean("metric_before_training"), "train_time_s_mean": c.mean("train_runtime_s"),
+            "examples_per_s_mean": c.mean("examples_per_s"), "peak_memory_mb_mean": c.mean("peak_memory_mb"),
+            "peak_memory_kind": f.get("peak_memory_kind"), "precision": f.get("precision"),
+            "device": f.get("device"), "run_dirs": " ".join(_rel(d, root) for d in c.dirs),
+        })
+    return rows
+
+
+def render_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def _num(v, digits: int = 4) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _int(v) -> str:
+    return "–" if v is None else f"{int(v):,}"
+
+
+def _rel(p: Path, root: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def md_table(configs: list[Config]) -> str:
+    head = ["method", "hyperparameters", "base model", "lr", "adapter params", "head params",
+            "trainable (% of model)", "best (mean ± std)", "n", "before training", "train time (s)",
+            "examples/s", "peak memory (MB)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in configs:
+        f = c.first
+        std = c.std("best_metric")
+        best = _num(c.mean("best_metric")) + (f" ± {std:.4f}" if std is not None else "")
+        pct = f.get("percent_trainable")
+        trainable = _int(f.get("trainable_params")) + (f" ({pct:.3f}%)" if isinstance(pct, (int, float)) else "")
+        cells = [str(f.get("adaptation_type")), c.label or "–", str(f.get("model_name")),
+                 _fmt_value(f.get("learning_rate")), _int(f.get("adapter_params")), _int(f.get("head_params")),
+                 trainable, best, str(len(c.runs)), _num(c.mean("metric_before_training")),
+                 _num(c.mean("train_runtime_s"), 1), _num(c.mean("examples_per_s"), 1),
+                 _num(c.mean("peak_memory_mb"), 0)]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+# -- plots -------------------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "task"
+
+
+def _method_colors(configs: list[Config]) -> dict[str, str]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    methods = sorted({str(c.first.get("adaptation_type")) for c in configs})
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def curve(c: Config, metric: str) -> dict[int, tuple[float, float, float, float]]:
+    """epoch → (mean metric, min, max, mean elapsed s) over the seeds that reached that epoch."""
+    per_epoch: dict[int, list[tuple[float, float]]] = {}
+    for r in c.runs:
+        for h in r.get("eval_history") or []:
+            if isinstance(h.get(metric), (int, float)) and h.get("epoch") is not None:
+                per_epoch.setdefault(int(h["epoch"]), []).append((float(h[metric]), float(h.get("elapsed_s") or 0)))
+    return {e: (statistics.fmean(m for m, _ in v), min(m for m, _ in v), max(m for m, _ in v),
+                statistics.fmean(t for _, t in v)) for e, v in sorted(per_epoch.items())}
+
+
+def plot_curves(configs: list[Config], task: str, metric: str, path: Path) -> bool:
+    from matplotlib.figure import Figure
+
+    colors = _method_colors(configs)
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v", "P", "X"]
+    fig = Figure(figsize=(12, 4.8))
+    ax_e, ax_t = fig.subplots(1, 2)
+    drawn = 0
+    seen_per_method: dict[str, int] = {}
+    for c in configs:
+        pts = curve(c, metric)
+        if not pts:
+            continue
+        method = str(c.first.get("adaptation_type"))
+        i = seen_per_method.get(method, 0)
+        seen_per_method[method] = i + 1
+        epochs = list(pts)
+        mean = [pts[e][0] for e in epochs]
+        lo, hi = [pts[e][1] for e in epochs], [pts[e][2] for e in epochs]
+        times = [pts[e][3] for e in epochs]
+        style = dict(color=colors[method], linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
+                     markersize=4, linewidth=1.6)
+        label = f"{_display(c, configs)} (n={len(c.runs)})"
+        ax_e.plot(epochs, mean, label=label, **style)
+        ax_t.plot(times, mean, **style)
+        if len(c.runs) > 1:
+            ax_e.fill_between(epochs, lo, hi, color=colors[method], alpha=0.12, linewidth=0)
+            ax_t.fill_between(times, lo, hi, color=colors[method], alpha=0.12, linewidth=0)
+        drawn += 1
+    if not drawn:
+        return False
+    ax_e.set_xlabel("epoch")
+    ax_t.set_xlabel("wall-clock training time (s)")
+    for ax in (ax_e, ax_t):
+        ax.set_ylabel(f"validation {metric}")
+        ax.grid(True, alpha=0.3)
+    ax_e.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(f"{task}: validation {metric} during training (mean over seeds; band = min–max)")
+    rows = math.ceil(drawn / 3)
+    fig.tight_layout(rect=(0, 0.035 * rows + 0.01, 1, 1))
+    fig.legend(loc="lower center", bbox_to_anchor=(0.5, 0), ncol=min(3, drawn), fontsize=8, frameon=False)
+    _save(fig, path)
+    return True
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated points (no other point has ≤ parameters and a higher metric), by size."""
+    front, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plot_frontier(configs: list[Config], task: str, metric: str, path: Path) -> bool:
+    from matplotlib.figure import Figure
+
+    colors = _method_colors(configs)
+    fig = Figure(figsize=(8, 5.2))
+    ax = fig.subplots()
+    pts, labelled = [], set()
+    for c in configs:
+        x, y = c.first.get("trainable_params"), c.mean("best_metric")
+        if not isinstance(x, (int, float)) or y is None or x <= 0:
+            continue
+        method = str(c.first.get("adaptation_type"))
+        std = c.std("best_metric")
+        ax.errorbar([x], [y], yerr=[std] if std is not None else None, fmt="o", color=colors[method],
+                    capsize=4, markersize=7, label=method if method not in labelled else None)
+        labelled.add(method)
+        ax.annotate(f"{c.label or method} (n={len(c.runs)})", (x, y), textcoords="offset points", xytext=(6, 6),
+                    fontsize=7.5, color=colors[method],
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+        pts.append((float(x), y))
+    if not pts:
+        return False
+    front = pareto(pts)
+    if len(front) > 1:
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="0.5", linewidth=1,
+                label="efficiency frontier", zorder=0)
+    ax.set_xscale("log")
+    _plain_log_ticks(ax, [p[0] for p in pts])
+    ax.set_xlabel("trainable parameters (adapter + head, log scale)")
+    ax.set_ylabel(f"best validation {metric} (mean ± std over seeds)")
+    ax.set_title(f"{task}: best {metric} vs trainable parameters")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    xs = [p[0] for p in pts]
+    if min(xs) == max(xs):  # a single size: give the log axis some room
+        ax.set_xlim(min(xs) / 2, max(xs) * 2)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _plain_log_ticks(ax, xs: list[float]) -> None:
+    """Parameter counts as 3,170 rather than 3.2×10³; minor ticks labelled too within a decade."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+    ax.xaxis.set_major_formatter(plain)
+    narrow = max(xs) / min(xs) < 10
+    ax.xaxis.set_minor_formatter(plain if narrow else NullFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+
+
+def plot_memory(configs: list[Config], task: str, path: Path) -> bool:
+    from matplotlib.figure import Figure
+
+    colors = _method_colors(configs)
+    rows = [(c, c.mean("peak_memory_mb")) for c in configs]
+    rows = [(c, m) for c, m in rows if m is not None]
+    if not rows:
+        return False
+    kinds = {str(c.first.get("peak_memory_kind")) for c, _ in rows}
+    kind = {"cpu_max_rss": "process max RSS", "cuda_max_allocated": "CUDA max allocated"}.get(
+        next(iter(kinds)), next(iter(kinds))) if len(kinds) == 1 else "mixed kinds, see report.csv"
+    fig = Figure(figsize=(8, 1.2 + 0.45 * len(rows)))
+    ax = fig.subplots()
+    labels = [_display(c, configs) for c, _ in rows]
+    values = [m for _, m in rows]
+    bars = ax.barh(range(len(rows)), values, color=[colors[str(c.first.get("adaptation_type"))] for c, _ in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3, fontsize=8)
+    ax.set_xlabel(f"peak memory (MB, {kind}; mean over seeds)")
+    ax.set_title(f"{task}: peak memory per configuration")
+    ax.set_xlim(0, max(values) * 1.15)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+# -- the report --------------------------------------------------------------------------------------
+def build_report(dirs: list[Path], out: Path | None = None, plots: bool = True) -> dict:
+    """Collect, aggregate, write ``report.md``, ``report.csv`` and the plots; returns what it wrote."""
+    dirs = [Path(d) for d in dirs]
+    out = Path(out) if out is not None else dirs[0]
+    runs, problems = collect(dirs)
+    configs = group_configs(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"md": out / "report.md", "csv": out / "report.csv", "plots": []}
+
+    md = ["# Method comparison", "",
+          f"{len(runs)} completed run(s) in {len(configs)} configuration(s) from "
+          + ", ".join(f"`{d}`" for d in dirs)
+          + (f"; {len(problems)} job(s) failed or unfinished (listed at the end)." if problems else "."),
+          "", "Best = best validation metric over the epochs of a run; mean ± sample standard deviation over "
+          "the seeds (n runs). Times and memory are means over the seeds.", ""]
+    for (task, metric), group in by_task(configs).items():
+        md += [f"## {task} — validation {metric}", "", md_table(group), ""]
+        devices = sorted({str(c.first.get("device")) for c in group})
+        md += [f"Device: {', '.join(devices)}; seeds: "
+               + "; ".join(f"{_display(c, group)}: {', '.join(map(str, c.seeds))}" for c in group), ""]
+        if plots:
+            slug = _slug(task if len({m for t, m in by_task(configs) if t == task}) == 1 else f"{task}_{metric}")
+            for name, draw in (("curves", lambda p, g=group: plot_curves(g, task, metric, p)),
+                               ("frontier", lambda p, g=group: plot_frontier(g, task, metric, p)),
+                               ("memory", lambda p, g=group: plot_memory(g, task, p))):
+                png = out / f"{name}_{slug}.png"
+                if draw(png):
+                    written["plots"].append(png)
+                    md += [f"![{name} {task}]({png.name})", ""]
+    if not configs:
+        md += ["No completed run yet.", ""]
+    if problems:
+        md += ["## Failed or unfinished jobs", "", "| job directory | status | reason |", "|---|---|---|"]
+        md += [f"| `{_rel(p.path, out)}` | {p.status} | {p.reason.replace('|', '/')} |" for p in problems]
+        md.append("")
+    write_text(written["csv"], render_csv(csv_rows(configs, out)))
+    write_text(written["md"], "\n".join(md))
+    written.update(runs=len(runs), configs=len(configs), problems=problems)
+    return written
+
+
+def main(argv=None) -> None:
+    from .cli import exit_on_user_error
+
+    p = argparse.ArgumentParser(prog="python -m lsr_adapt.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories (searched recursively)")
+    p.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first dir)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    args = p.parse_args(argv)
+    w = exit_on_user_error(build_report, args.dirs, args.out, plots=not args.no_plots)
+    print(f"{w['md']}: {w['configs']} configuration(s) from {w['runs']} run(s); "
+          f"{len(w['problems'])} failed/unfinished; {len(w['plots'])} plot(s) in {w['md'].parent}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

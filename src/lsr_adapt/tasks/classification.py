@@ -1,0 +1,44 @@
+"""Sequence classification (``num_labels >= 2``, argmax) and regression (one output, MSE loss).
+
+The model is ``AutoModelForSequenceClassification`` (``modeling.load_classifier``); a checkpoint
+that already holds a head with ``num_labels`` outputs (e.g. DistilBERT fine-tuned on SST-2) keeps
+it. Metrics (``metrics.py``) are computed locally from the logits.
+"""
+
+from __future__ import annotations
+
+from . import Task
+
+
+def _load(name_or_path: str, data_cfg, model_cfg=None):
+    from ..modeling import load_classifier
+
+    return load_classifier(name_or_path, int(data_cfg.num_labels))
+
+
+def _prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
+    from ..data import prepare_splits
+
+    return prepare_splits(data_cfg, tokenizer, seed=seed, need_train=need_train)
+
+
+def _collator(tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)
+
+
+def _compute_metrics(names):
+    from ..metrics import compute
+
+    return lambda p: compute(names, p.predictions, p.label_ids)
+
+
+def _trainer_cls():
+    from transformers import Trainer
+
+    return Trainer
+
+
+def make_task(name: str) -> Task:
+    return Task(name, _load, _prepare_splits, _collator, _compute_metrics, _trainer_cls)

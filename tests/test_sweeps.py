@@ -1,0 +1,163 @@
+"""Hydra sweeps through main.py: Optuna search, equal-budget runs, submitit / joblib / Slurm launchers.
+
+Each sweep is a real ``python main.py -m ...`` on the smoke preset shrunk to one epoch on a few
+dozen examples. Tests that need an optional plugin skip when it is not installed
+(pip install -e '.[sweep]').
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, compose
+
+from lsr_adapt.report import build_report
+
+TINY = ("training.num_train_epochs=1", "data.synthetic_sizes.train=32", "data.synthetic_sizes.validation=16",
+        "data.synthetic_sizes.test=16", "training.report_to=none")
+
+
+def main_py(*args: str, timeout: int = 420) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "main.py", *args], capture_output=True, text=True, cwd=ROOT,
+                         timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def job_results(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))}
+
+
+def test_optuna_search_two_trials(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    main_py("experiment=smoke", "model=roberta_lsr", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+            f"hydra.sweep.dir={sweep}", *TINY)
+    results = job_results(sweep)
+    assert len(results) == 2  # one directory per trial
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    # the sweeper maximised what main() returned: each trial's best validation metric
+    assert best["best_value"] == pytest.approx(max(r["best_metric"] for r in results.values()))
+    assert set(best["best_params"]) == {"training.learning_rate", "model.lsr.r", "model.lsr.num_terms",
+                                        "model.lsr.alpha"}
+    for r in results.values():  # every trial ran with values drawn from conf/hparams_search/optuna.yaml
+        mc = r["method_config"]
+        assert mc["r"] in (1, 2, 4) and mc["num_terms"] in (4, 8, 16, 32) and 0.5 <= mc["alpha"] <= 8.0
+        assert 1e-4 <= r["learning_rate"] <= 3e-2
+    winner = max(results.values(), key=lambda r: r["best_metric"])
+    assert winner["method_config"]["num_terms"] == best["best_params"]["model.lsr.num_terms"]
+    w = build_report([sweep])  # the report reads the trials like any sweep
+    assert w["runs"] == 2 and not w["problems"]
+
+
+def test_search_space_follows_the_method():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from optuna.distributions import CategoricalDistribution, LogUniformDistribution
+
+    from lsr_adapt.errors import LsrAdaptError
+    from lsr_adapt.hpo import method_space
+
+    lora = method_space(compose("hparams_search=optuna"))
+    assert lora == {"model.lora.r": CategoricalDistribution([2, 4, 8, 16]),
+                    "model.lora.alpha": CategoricalDistribution([4, 8, 16, 32])}
+    lsr = method_space(compose("hparams_search=optuna", "model=roberta_lsr"))
+    assert lsr["model.lsr.alpha"] == LogUniformDistribution(0.5, 8.0)
+    assert set(lsr) == {"model.lsr.r", "model.lsr.num_terms", "model.lsr.alpha"}
+    with pytest.raises(LsrAdaptError, match="no search space for adaptation_type 'lsr'"):
+        method_space(compose("hparams_search=optuna", "model=roberta_lsr", "~hparams_search.spaces.lsr"))
+    with pytest.raises(LsrAdaptError, match="must be sweeps"):
+        method_space(compose("hparams_search=optuna", "hparams_search.spaces.lora={model.lora.r: 4}"))
+
+
+def test_equal_budget_experiment_is_a_two_method_seed_sweep():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True,
+                            overrides=["experiment=[smoke,equal_budget]", "budget.params=1500"])
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {"model": "roberta_lora,roberta_lsr", "training.seed": "0,1,2"}
+    assert cfg.budget.params == 1500 and cfg.model.tiny  # composes with the smoke preset
+
+
+@pytest.mark.slow
+def test_equal_budget_sweep_runs_both_methods_at_the_budget(tmp_path):
+    sweep = tmp_path / "eb"
+    budget = 1500
+    main_py("experiment=[smoke,equal_budget]", f"budget.params={budget}", "training.seed=0",
+            f"hydra.sweep.dir={sweep}", *TINY[:-1])  # default logger: TensorBoard files per job
+    results = job_results(sweep)
+    by = {r["adaptation_type"]: (name, r) for name, r in results.items()}
+    assert set(by) == {"lora", "lsr"}
+    # tiny RoBERTa: 4 layers of 32 × 32; LoRA r·64 per layer, LSR t·r·(8+4+8+4) with r = 2 kept
+    lora, lsr = by["lora"][1], by["lsr"][1]
+    assert lora["method_config"]["r"] == 6 and lora["adapter_params"] == 4 * 6 * 64  # 1,536
+    assert lsr["method_config"] == {**lsr["method_config"], "r": 2, "num_terms": 8}
+    assert lsr["adapter_params"] == 4 * 8 * 2 * 24  # 1,536
+    for name, _ in by.values():  # each job keeps its own outputs, tracker files included
+        assert list((sweep / name / "runs").rglob("events.out.tfevents*"))
+    w = build_report([sweep])
+    assert w["configs"] == 2
+
+
+def test_submitit_local_launch(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "local"
+    out = main_py("-m", "experiment=smoke", "hydra/launcher=local", "training.seed=3", f"hydra.sweep.dir={sweep}",
+                  *TINY)
+    assert "Submitit 'local' sweep output dir" in out.stdout + out.stderr
+    (name, r), = job_results(sweep).items()
+    assert name.startswith("0_") and r["seed"] == 3 and r["status"] == "completed"
+    assert list((sweep / ".submitit").rglob("*_log.out"))  # submitit's own logs, apart from the job dir
+
+
+@pytest.mark.slow
+def test_joblib_parallel_launch(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "joblib"
+    main_py("-m", "experiment=smoke", "hydra/launcher=parallel", "model=roberta_lora,roberta_lsr",
+            f"hydra.sweep.dir={sweep}", *TINY)
+    assert sorted(r["adaptation_type"] for r in job_results(sweep).values()) == ["lora", "lsr"]
+
+
+def test_slurm_launcher_config_makes_a_valid_job_array(tmp_path, monkeypatch):
+    """The slurm launcher config, mapped to submitit parameters the way the plugin maps them,
+    gives the sbatch script documented in docs/comparing.md (no cluster needed: a stub srun)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True, overrides=[
+            "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=my_proj",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert params["_target_"].endswith("SlurmLauncher")
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    init = {"submitit_folder", "max_num_timeout", "_target_"}
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "sweep" / ".submitit" / "%j"), cluster="slurm",
+                                     slurm_max_num_timeout=params["max_num_timeout"])
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items() if k not in init})
+    script = _make_sbatch_string(command="python -u -m submitit.core._submit x", folder=str(tmp_path),
+                                 map_count=12, **executor._executor.parameters)
+    for line in ("#SBATCH --array=0-11%8", "#SBATCH --partition=gpu", "#SBATCH --account=my_proj",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB",
+                 "#SBATCH --time=180", "#SBATCH --job-name=lsr-adapt"):
+        assert line in script.splitlines(), (line, script)

@@ -1,0 +1,113 @@
+"""Experiment trackers (logger config group, src/lsr_adapt/tracking.py): local stores, offline mode,
+fast failure for unreachable servers, and no tracker ever required."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import pytest
+from conftest import compose
+
+from lsr_adapt.errors import LsrAdaptError
+from lsr_adapt.tracking import REACH_TIMEOUT_S, start_tracking, tracker_name
+
+SMALL = ("experiment=smoke", "training.num_train_epochs=2", "data.synthetic_sizes.train=32",
+         "data.synthetic_sizes.validation=16", "data.synthetic_sizes.test=16")
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_with(tmp_path, name, *overrides):
+    from lsr_adapt.train import train
+
+    return train(compose(*SMALL, f"output_dir={tmp_path / name}", *overrides))
+
+
+def test_tracker_selection():
+    assert tracker_name(compose("experiment=smoke")) == "tensorboard"  # the default, local files
+    assert tracker_name(compose("logger=mlflow")) == "mlflow"
+    assert tracker_name(compose("logger=none")) == "none"
+    assert tracker_name(compose("logger=wandb", "training.report_to=none")) == "none"  # the old switch still works
+    assert tracker_name(compose("logger=wandb", "training.report_to=tensorboard")) == "tensorboard"
+    with pytest.raises(LsrAdaptError, match="use logger=wandb"):
+        tracker_name(compose("training.report_to=wandb"))
+    with pytest.raises(LsrAdaptError, match="valid choices: mlflow, none, tensorboard, wandb"):
+        tracker_name(compose("logger.name=comet"))
+
+
+def test_no_tracker_needs_no_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    assert start_tracking(compose("logger=none"), tmp_path).report_to == []
+    assert start_tracking(compose("logger=tensorboard"), tmp_path).report_to == ["tensorboard"]
+    with pytest.raises(LsrAdaptError, match=r"pip install 'lsr-adapt\[track\]'"):
+        start_tracking(compose("logger=wandb"), tmp_path)
+    with pytest.raises(LsrAdaptError, match=r"logger=mlflow needs the mlflow package"):
+        start_tracking(compose("logger=mlflow"), tmp_path)
+
+
+def test_unreachable_servers_fail_fast(tmp_path):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    port = closed_port()
+    t0 = time.perf_counter()
+    with pytest.raises(LsrAdaptError, match=rf"MLflow tracking server http://127.0.0.1:{port} is unreachable"):
+        start_tracking(compose("logger=mlflow", f"logger.tracking_uri=http://127.0.0.1:{port}"), tmp_path)
+    with pytest.raises(LsrAdaptError, match="wandb server .* is unreachable.*logger.mode=offline"):
+        start_tracking(compose("logger=wandb", "logger.mode=online", f"logger.base_url=http://127.0.0.1:{port}"),
+                       tmp_path)
+    assert time.perf_counter() - t0 < 2 * REACH_TIMEOUT_S + 5
+
+
+def test_mlflow_writes_a_local_store(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    res = train_with(tmp_path, "run", "logger=mlflow")
+    store = tmp_path / "run" / "mlflow.db"  # a single run: the store sits in the run dir
+    assert store.exists()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    exp = client.get_experiment_by_name("lsr-adapt")
+    assert exp.artifact_location == (tmp_path / "run" / "mlartifacts").as_uri()  # not ./mlruns
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    m = run.data.metrics
+    assert m["final/best_metric"] == pytest.approx(res["best_metric"])
+    assert m["final/adapter_params"] == res["adapter_params"]
+    assert m["final/metric_before_training"] == pytest.approx(res["metric_before_training"])
+    # the Trainer's integration logged every evaluation into the same run: before training + 2 epochs
+    history = client.get_metric_history(run.info.run_id, "eval_accuracy")
+    assert [h.value for h in history] == pytest.approx(
+        [res["metric_before_training"]] + [e["accuracy"] for e in res["eval_history"]])
+    assert run.data.params["cfg.model.lora.r"] == "8"
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["results.json"]
+
+
+def test_mlflow_tracking_uri_is_shared_between_jobs(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    for name in ("a", "b"):
+        train_with(tmp_path, name, "logger=mlflow", f"logger.tracking_uri={uri}", "logger.experiment_name=cmp",
+                   "training.num_train_epochs=1")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("cmp").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["a", "b"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert mlflow.active_run() is None
+
+
+def test_wandb_offline_run(tmp_path):
+    wandb = pytest.importorskip("wandb")
+    res = train_with(tmp_path, "run", "logger=wandb", "training.num_train_epochs=1")
+    assert wandb.run is None  # closed: the next job of a sweep gets its own run
+    wandb.teardown()  # the wandb service writes the run file asynchronously; let it finish
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1  # offline: nothing was sent, everything is in the run dir
+    data = runs[0].read_bytes()
+    assert b"final/best_metric" in data and b"eval/accuracy" in data
+    assert res["status"] == "completed"
