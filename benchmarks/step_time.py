@@ -112,6 +112,8 @@ METHODS: dict[str, tuple[Callable[[nn.Module], nn.Module], str]] = {
 }
 
 
+# cpu: this process's CPU time, steadier than wall time on a shared machine (use with --threads 1)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 CUDA_ONLY = {"qlora"}  # bitsandbytes' CPU path works (tests) but is not what QLoRA is timed for
 
 
@@ -120,16 +122,16 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _timeit(fn, device, warmup: int, iters: int) -> float:
+def _timeit(fn, device, warmup: int, iters: int, clock=time.perf_counter) -> float:
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((clock() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -182,7 +184,7 @@ def bench(name, build, kind, base_state, config, args, device, dtype):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        row["step_ms"] = _timeit(step, device, args.warmup, args.iters)
+        row["step_ms"] = _timeit(step, device, args.warmup, args.iters, CLOCKS[args.clock])
         if device.type == "cuda":
             row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         else:
@@ -198,9 +200,9 @@ def bench(name, build, kind, base_state, config, args, device, dtype):
             with torch.no_grad(), autocast:
                 model(input_ids=ids)
 
-        row["infer_ms"] = _timeit(infer, device, args.warmup, args.iters)
+        row["infer_ms"] = _timeit(infer, device, args.warmup, args.iters, CLOCKS[args.clock])
         row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    del model
+    model = None  # free it before the next method (a `del` trips ruff F821 in the closures above)
     return row
 
 
@@ -213,6 +215,8 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=None, help="default: 50 on cuda, 5 on cpu")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: process CPU time (shared CPUs)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(METHODS)
                    + f" (default: all; on cpu all but {', '.join(sorted(CUDA_ONLY))})")
     p.add_argument("--json", type=Path, help="write the rows here (a JSON list)")
@@ -231,6 +235,8 @@ def main(argv=None):
         p.error(f"unknown method(s) {unknown}; valid choices: {', '.join(METHODS)}")
     if not cuda and CUDA_ONLY & set(names):
         p.error(f"{', '.join(sorted(CUDA_ONLY & set(names)))} is timed on --device cuda only")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype, torch.bfloat16 if cuda else torch.float32)
     device = torch.device(args.device)
 
@@ -253,7 +259,8 @@ def main(argv=None):
 
     print(f"\ndevice: {torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()}; "
           f"torch {torch.__version__}; batch {args.batch} x {args.seq} tokens; {str(dtype).split('.')[-1]}"
-          f"{'; torch.compile' if args.compile else ''}; median of {args.iters} after {args.warmup} warm-up")
+          f"{'; torch.compile' if args.compile else ''}; median of {args.iters} after {args.warmup} warm-up"
+          f"{'; CPU-time clock' if args.clock == 'cpu' else ''}{f'; {args.threads} thread(s)' if args.threads else ''}")
     print(f"{'method':<16}{'trainable':>12}{'step ms':>10}{'/lora':>7}{'/full':>7}{'infer ms':>10}{'/base':>7}{'MiB':>9}")
     for r in rows:
         print(f"{r['method']:<16}{r['trainable']:>12,}{r.get('step_ms', float('nan')):>10.1f}"
@@ -261,7 +268,8 @@ def main(argv=None):
               f"{r.get('infer_ms', float('nan')):>10.1f}{ratio(r, 'infer_ms', 'base'):>7}"
               f"{(r['peak_mib'] or float('nan')):>9.0f}")
     if args.json:
-        meta = {"device": args.device, "batch": args.batch, "seq": args.seq, "dtype": str(dtype), "torch": torch.__version__}
+        meta = {"device": args.device, "batch": args.batch, "seq": args.seq, "dtype": str(dtype), "torch": torch.__version__,
+                "clock": args.clock, "threads": args.threads or torch.get_num_threads()}
         write_json(args.json, [dict(r, **meta) for r in rows])
 
 

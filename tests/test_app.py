@@ -238,7 +238,7 @@ def test_cli_multirun_gives_each_job_its_own_dir(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model.adaptation_type=lorax"], "error: unknown adaptation_type 'lorax'; valid choices: lora, lsr"),
+    (["model.adaptation_type=lorax"], "error: unknown adaptation_type 'lorax'; valid choices: dora, "),
     (["model.target_modules=[qkv]"], "error: target_modules ['qkv'] matched no Linear layer"),
     (["model=roberta_lsr", "model.lsr.in_factors=[5,5]"], "error: LSR factors [5, 5] do not multiply to the input dim 32"),
     (["model=roberta_lsr", "model.lsr.r=9"], "error: LSR rank r=9 exceeds the smallest Kronecker factor"),
@@ -260,3 +260,18 @@ def test_cli_unknown_config_choice_lists_the_options(tmp_path):
     assert proc.returncode != 0
     assert "Could not find 'model/roberta_lorra'" in proc.stderr
     assert "roberta_lora" in proc.stderr and "roberta_lsr" in proc.stderr
+
+
+def test_a_continued_run_never_saves_worse_than_its_start(tmp_path):
+    """Stage 2 of "LoRA, then head only" starts from stage 1's weights: they count as epoch 0."""
+    stage1 = run_train(tmp_path / "s1", "training.num_train_epochs=2")
+    stage2 = run_train(tmp_path / "s2", f"init_from={tmp_path / 's1'}", "freeze_adapter=true",
+                       "training.num_train_epochs=2", "training.learning_rate=5.0")  # a wild lr wrecks the head
+    assert stage2["metric_before_training"] == pytest.approx(stage1["best_metric"])
+    assert stage2["best_metric"] >= stage2["metric_before_training"]
+    if stage2["best_epoch"] == 0:
+        from safetensors.torch import load_file
+
+        a, b = load_file(tmp_path / "s1" / "adapter_model.safetensors"), load_file(tmp_path / "s2" / "adapter_model.safetensors")
+        head = [k for k in a if k.startswith("classifier.")]
+        assert head and all(torch.equal(a[k], b[k]) for k in head)

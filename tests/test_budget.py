@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import ROOT, tiny_classifier
+from conftest import tiny_classifier
 from torch import nn
 
 from lsr_adapt.adapters import LoRALinear, LSRLinear
@@ -23,6 +20,7 @@ from lsr_adapt.budget import (
     real_size,
     target_shapes,
 )
+from lsr_adapt.budget import main as budget_main
 from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.modeling import prepare_model
 
@@ -128,26 +126,13 @@ def test_meta_model_has_real_shapes_without_weights():
     assert torch.device("meta") == next(model.parameters()).device
 
 
-def test_budget_cli():
-    out = subprocess.run([sys.executable, "-m", "lsr_adapt.budget", "--arch", "roberta", "--params", "86016"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "natural sizes: lora r=8: 294,912; lsr r=2 t=16: 86,016" in out.stdout
-    assert "lora r=2: 73,728 adapter params" in out.stdout
-    assert "lsr num_terms=16: 86,016 adapter params (+0.00% of 86,016)" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "lsr_adapt.budget", "--arch", "nosuch", "--params", "5"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: unknown arch 'nosuch'")
-
-
-def test_budget_params_sets_the_size_in_a_training_run(tmp_path):
-    """train()'s hook: budget.params rewrites model.lsr.num_terms before the adapter is applied."""
-    from conftest import run_train
-
-    res = run_train(tmp_path, "model=roberta_lsr", "budget.params=1500", "training.num_train_epochs=1",
-                    "data.synthetic_sizes.train=32", "data.synthetic_sizes.validation=16",
-                    "data.synthetic_sizes.test=16")
-    # tiny RoBERTa: 4 target layers of 32 × 32 = (8·4) × (8·4); r = 2 kept: 4·t·2·24 = 192·t → t = 8
-    assert res["method_config"]["num_terms"] == 8 and res["method_config"]["r"] == 2
-    assert res["adapter_params"] == 1536
+def test_budget_cli(capsys):
+    budget_main(["--arch", "roberta", "--params", "86016"])
+    out = capsys.readouterr().out
+    assert "natural sizes: lora r=8: 294,912; lsr r=2 t=16: 86,016" in out
+    assert "lora r=2: 73,728 adapter params" in out
+    assert "lsr num_terms=16: 86,016 adapter params (+0.00% of 86,016)" in out
+    with pytest.raises(SystemExit) as exc:
+        budget_main(["--arch", "nosuch", "--params", "5"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: unknown arch 'nosuch'")

@@ -208,6 +208,35 @@ def test_save_load_round_trip(method, tmp_path):
     torch.testing.assert_close(_logits(fresh.model.eval(), batch), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("method", ["dora", "lora_fa", "dylora", pytest.param("qlora", marks=needs_bnb)])
+def test_gpt2_conv1d_layers_equal_the_linear_ones(method):
+    """GPT-2's Conv1D stores W transposed; every method must read it as (out, in)."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96)
+    conv = Conv1D(96, 64)
+    with torch.no_grad():
+        conv.weight.copy_(lin.weight.T)
+        conv.bias.copy_(lin.bias)
+    make = METHODS[method].make_layer
+    cfg = METHODS[method].make_config({"r": R, **({"blocksize": 64} if method == "qlora" else {})})
+    torch.manual_seed(1)
+    a = make(lin, cfg, "lin")
+    torch.manual_seed(1)
+    b = make(conv, cfg, "conv")
+    _perturb(nn.ModuleDict({"a": a}), seed=5)
+    _perturb(nn.ModuleDict({"b": b}), seed=5)
+    x = torch.randn(3, 5, 64)
+    for layer in (a, b):
+        layer.eval()
+    torch.testing.assert_close(b(x), a(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.delta_weight(), a.delta_weight())
+    if method != "qlora":
+        b.merge()
+        torch.testing.assert_close(b(x), a(x), rtol=1e-4, atol=1e-5)
+
+
 # -- DoRA and rsLoRA against peft ----------------------------------------------------------------
 
 def _peft_twin(loaded, base, use_dora: bool, use_rslora: bool, dropout: float = 0.0):

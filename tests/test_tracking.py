@@ -53,7 +53,7 @@ def test_no_tracker_needs_no_package(tmp_path, monkeypatch):
         start_tracking(compose("logger=mlflow"), tmp_path)
 
 
-def test_unreachable_servers_fail_fast(tmp_path):
+def test_unreachable_servers_fail_fast(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
     port = closed_port()
@@ -63,11 +63,17 @@ def test_unreachable_servers_fail_fast(tmp_path):
     with pytest.raises(LsrAdaptError, match="wandb server .* is unreachable.*logger.mode=offline"):
         start_tracking(compose("logger=wandb", "logger.mode=online", f"logger.base_url=http://127.0.0.1:{port}"),
                        tmp_path)
-    assert time.perf_counter() - t0 < 2 * REACH_TIMEOUT_S + 5
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")  # honoured when tracking_uri is null
+    with pytest.raises(LsrAdaptError, match="is unreachable"):
+        start_tracking(compose("logger=mlflow"), tmp_path)
+    assert time.perf_counter() - t0 < 3 * REACH_TIMEOUT_S + 5
 
 
-def test_mlflow_writes_a_local_store(tmp_path):
+def test_mlflow_writes_a_local_store(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     res = train_with(tmp_path, "run", "logger=mlflow")
     store = tmp_path / "run" / "mlflow.db"  # a single run: the store sits in the run dir
     assert store.exists()
@@ -86,11 +92,16 @@ def test_mlflow_writes_a_local_store(tmp_path):
         [res["metric_before_training"]] + [e["accuracy"] for e in res["eval_history"]])
     assert run.data.params["cfg.model.lora.r"] == "8"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["results.json"]
+    assert not list((tmp_path / "cwd").iterdir())  # nothing written where the job was started
 
 
-def test_mlflow_tracking_uri_is_shared_between_jobs(tmp_path):
+@pytest.mark.slow
+def test_mlflow_tracking_uri_is_shared_between_jobs(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
-    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{tmp_path / 'stores' / 'shared.db'}"
     for name in ("a", "b"):
         train_with(tmp_path, name, "logger=mlflow", f"logger.tracking_uri={uri}", "logger.experiment_name=cmp",
                    "training.num_train_epochs=1")
@@ -99,6 +110,9 @@ def test_mlflow_tracking_uri_is_shared_between_jobs(tmp_path):
     assert sorted(r.info.run_name for r in runs) == ["a", "b"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert mlflow.active_run() is None
+    # artifacts sit beside the SQLite file, not in ./mlruns of whatever directory the jobs ran in
+    assert len(list((tmp_path / "stores" / "mlartifacts").rglob("results.json"))) == 2
+    assert not list(work.iterdir())
 
 
 def test_wandb_offline_run(tmp_path):

@@ -584,7 +584,7 @@ def load_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True
     run_config = run_config_of(run_dir)
     num_labels = int(adapter_config.get("num_labels") or 2)
     loaded = load_classifier(base or base_path_of(adapter_config, run_config), num_labels)
-    model = loaded.model
+    model = loaded.model.to(device) if device else loaded.model  # before loading: the bank lives there too
     load_adapter(model, run_dir, check_fingerprint=check_fingerprint)
     labels = adapter_config.get("label_names") or (run_config.get("data", {}).get("label_names")
                                                    if run_config is not None else None)
@@ -593,8 +593,6 @@ def load_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True
         model.config.label2id = {str(n): i for i, n in enumerate(labels)}
     model.requires_grad_(False)
     model.eval()
-    if device:
-        model.to(device)
     return LoadedRun(model, loaded.tokenizer, adapter_config, run_config, run_dir)
 
 

@@ -33,11 +33,13 @@ from pathlib import Path
 
 from .errors import LsrAdaptError
 from .iofiles import atomic_path, write_text
+from .metrics import higher_is_better
 
 RESULTS = "results.json"
 # keys of results.json that make a configuration (everything but the seed and the measurements)
-CONFIG_FIELDS = ("task", "metric_name", "model_name", "adaptation_type", "method_config", "learning_rate",
-                 "batch_size", "num_train_epochs", "precision", "device")
+CONFIG_FIELDS = ("task", "task_type", "metric_name", "model_name", "adaptation_type", "method_config",
+                 "init_from", "freeze_adapter", "learning_rate", "batch_size", "num_train_epochs", "precision",
+                 "device")
 # method hyperparameters always named in labels when set; others only where they vary
 LABEL_ALWAYS = ("r", "num_terms", "alpha", "in_factors", "out_factors")
 LABEL_NEVER = ("path",)  # LSR's compute path: the same update computed another way
@@ -152,10 +154,12 @@ def group_configs(runs: list[tuple[Path, dict]]) -> list[Config]:
 
 
 def _fmt_value(v) -> str:
+    if isinstance(v, dict) and "path" in v:  # init_from: the run it started from
+        return Path(str(v["path"])).name
     if isinstance(v, list):
         return "×".join(str(x) for x in v)
     if isinstance(v, float):
-        return f"{v:g}"
+        return f"{v:.3g}"
     return str(v)
 
 
@@ -182,7 +186,8 @@ def _display(c: Config, configs: list[Config]) -> str:
     """Method + label, and the training setting where it differs from the other configs shown."""
     text = f"{c.first.get('adaptation_type')} {c.label}".strip()
     for k, short in (("learning_rate", "lr"), ("num_train_epochs", "ep"), ("batch_size", "bs"),
-                     ("model_name", "model"), ("device", "on")):
+                     ("model_name", "model"), ("init_from", "from"), ("freeze_adapter", "frozen"),
+                     ("device", "on")):
         if len({json.dumps(x.first.get(k)) for x in configs}) > 1:
             text += f" {short}={_fmt_value(c.first.get(k))}"
     return text
@@ -303,6 +308,12 @@ def plot_curves(configs: list[Config], task: str, metric: str, path: Path) -> bo
     from matplotlib.figure import Figure
 
     colors = _method_colors(configs)
+    # one method: tell its configurations apart by colour too, not by line style alone
+    single = len(colors) == 1
+    if single:
+        from matplotlib import colormaps
+
+        palette = colormaps["tab10"]
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "P", "X"]
     fig = Figure(figsize=(12, 4.8))
@@ -320,14 +331,15 @@ def plot_curves(configs: list[Config], task: str, metric: str, path: Path) -> bo
         mean = [pts[e][0] for e in epochs]
         lo, hi = [pts[e][1] for e in epochs], [pts[e][2] for e in epochs]
         times = [pts[e][3] for e in epochs]
-        style = dict(color=colors[method], linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
+        color = palette(i % 10) if single else colors[method]
+        style = dict(color=color, linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
                      markersize=4, linewidth=1.6)
         label = f"{_display(c, configs)} (n={len(c.runs)})"
         ax_e.plot(epochs, mean, label=label, **style)
         ax_t.plot(times, mean, **style)
         if len(c.runs) > 1:
-            ax_e.fill_between(epochs, lo, hi, color=colors[method], alpha=0.12, linewidth=0)
-            ax_t.fill_between(times, lo, hi, color=colors[method], alpha=0.12, linewidth=0)
+            ax_e.fill_between(epochs, lo, hi, color=color, alpha=0.12, linewidth=0)
+            ax_t.fill_between(times, lo, hi, color=color, alpha=0.12, linewidth=0)
         drawn += 1
     if not drawn:
         return False
@@ -345,13 +357,14 @@ def plot_curves(configs: list[Config], task: str, metric: str, path: Path) -> bo
     return True
 
 
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The non-dominated points (no other point has ≤ parameters and a higher metric), by size."""
+def pareto(points: list[tuple[float, float]], higher: bool = True) -> list[tuple[float, float]]:
+    """The non-dominated points (no other point has ≤ parameters and a better metric), by size."""
+    sign = 1 if higher else -1
     front, best = [], -math.inf
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if y > best:
+    for x, y in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if sign * y > best:
             front.append((x, y))
-            best = y
+            best = sign * y
     return front
 
 
@@ -362,7 +375,8 @@ def plot_frontier(configs: list[Config], task: str, metric: str, path: Path) -> 
     fig = Figure(figsize=(8, 5.2))
     ax = fig.subplots()
     pts, labelled = [], set()
-    for c in configs:
+    by_size = sorted(configs, key=lambda c: c.first.get("trainable_params") or 0)
+    for k, c in enumerate(by_size):
         x, y = c.first.get("trainable_params"), c.mean("best_metric")
         if not isinstance(x, (int, float)) or y is None or x <= 0:
             continue
@@ -371,20 +385,24 @@ def plot_frontier(configs: list[Config], task: str, metric: str, path: Path) -> 
         ax.errorbar([x], [y], yerr=[std] if std is not None else None, fmt="o", color=colors[method],
                     capsize=4, markersize=7, label=method if method not in labelled else None)
         labelled.add(method)
-        ax.annotate(f"{c.label or method} (n={len(c.runs)})", (x, y), textcoords="offset points", xytext=(6, 6),
+        # alternate above / below so neighbours' labels do not run into each other
+        ax.annotate(f"{c.label or method} (n={len(c.runs)})", (x, y), textcoords="offset points",
+                    xytext=(6, 6 if k % 2 == 0 else -13),
                     fontsize=7.5, color=colors[method],
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
         pts.append((float(x), y))
     if not pts:
         return False
-    front = pareto(pts)
+    higher = higher_is_better(metric)
+    front = pareto(pts, higher)
     if len(front) > 1:
         ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="0.5", linewidth=1,
                 label="efficiency frontier", zorder=0)
     ax.set_xscale("log")
     _plain_log_ticks(ax, [p[0] for p in pts])
     ax.set_xlabel("trainable parameters (adapter + head, log scale)")
-    ax.set_ylabel(f"best validation {metric} (mean ± std over seeds)")
+    ax.set_ylabel(f"best validation {metric} (mean ± std over seeds)"
+                  + ("" if higher else ", lower is better"))
     ax.set_title(f"{task}: best {metric} vs trainable parameters")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -401,10 +419,13 @@ def _plain_log_ticks(ax, xs: list[float]) -> None:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     plain = FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+    # within a decade label the 2, 3 and 5 minor ticks only: all eight collide near the next power of 10
+    some = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5)
+                         else "")
     ax.xaxis.set_major_formatter(plain)
     narrow = max(xs) / min(xs) < 10
-    ax.xaxis.set_minor_formatter(plain if narrow else NullFormatter())
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.xaxis.set_minor_formatter(some if narrow else NullFormatter())
+    ax.tick_params(axis="x", which="both", labelsize=8)
 
 
 def plot_memory(configs: list[Config], task: str, path: Path) -> bool:
@@ -458,11 +479,11 @@ def build_report(dirs: list[Path], out: Path | None = None, plots: bool = True) 
                + "; ".join(f"{_display(c, group)}: {', '.join(map(str, c.seeds))}" for c in group), ""]
         if plots:
             slug = _slug(task if len({m for t, m in by_task(configs) if t == task}) == 1 else f"{task}_{metric}")
-            for name, draw in (("curves", lambda p, g=group: plot_curves(g, task, metric, p)),
-                               ("frontier", lambda p, g=group: plot_frontier(g, task, metric, p)),
-                               ("memory", lambda p, g=group: plot_memory(g, task, p))):
+            for name, draw, args in (("curves", plot_curves, (group, task, metric)),
+                                     ("frontier", plot_frontier, (group, task, metric)),
+                                     ("memory", plot_memory, (group, task))):
                 png = out / f"{name}_{slug}.png"
-                if draw(png):
+                if draw(*args, png):
                     written["plots"].append(png)
                     md += [f"![{name} {task}]({png.name})", ""]
     if not configs:

@@ -14,7 +14,8 @@ this module only picks the tracker, checks it can be reached, and owns the track
 
 Defaults: TensorBoard event files under ``<run dir>/runs/``; wandb offline under
 ``<run dir>/wandb/``; MLflow in a SQLite store shared by the jobs of a sweep,
-``<sweep dir>/mlflow.db`` (``<run dir>/mlflow.db`` for a single run), artifacts beside it.
+``<sweep dir>/mlflow.db`` (``<run dir>/mlflow.db`` for a single run), artifacts beside it, unless
+``logger.tracking_uri`` or ``$MLFLOW_TRACKING_URI`` names another store or a server.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ import contextlib
 import logging
 import os
 import socket
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,13 +195,13 @@ def default_mlflow_store(out_dir: Path) -> Path:
 
 def _start_mlflow(cfg: DictConfig, options, out_dir: Path):
     mlflow = _import("mlflow")
-    uri = options.get("tracking_uri")
-    local_store = None
+    uri = str(options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or "")
     if not uri:
-        local_store = default_mlflow_store(out_dir)
+        uri = f"sqlite:///{default_mlflow_store(out_dir)}"
+    # a SQLite store is a local file: artifacts go beside it, not to ./mlruns of the working dir
+    local_store = Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
+    if local_store is not None:
         local_store.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{local_store}"
-    uri = str(uri)
     if uri.startswith(("http://", "https://")):
         _check_reachable(uri, "the MLflow tracking server", "start it, fix logger.tracking_uri, or use "
                          "logger.tracking_uri=null (a local store) or logger=none")

@@ -102,19 +102,36 @@ def _make_callback(model, metric: str, higher: bool = True):
                           "elapsed_s": round(time.perf_counter() - self.t0, 3),
                           "train_loss": losses[-1] if losses else None})
             self.history.append(entry)
-            value = entry.get(metric)
+            self.consider(entry.get(metric), entry["epoch"])
+
+        def consider(self, value, epoch: int) -> None:
             if value is not None and (self.best is None or (value > self.best if higher else value < self.best)):
-                self.best, self.best_epoch = value, entry["epoch"]
+                self.best, self.best_epoch = value, epoch
                 self.best_state = {n: p.detach().to("cpu", copy=True)
                                    for n, p in model.named_parameters() if p.requires_grad}
 
     return EpochRecorder()
 
 
+def _missing_values(cfg, prefix: str = "") -> list[str]:
+    """Keys set to ``???``, found without resolving interpolations (a missing value referenced by an
+    interpolation would raise instead of being listed)."""
+    out = []
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            out.append(f"{prefix}{key}")
+        elif isinstance(node := cfg._get_node(key), DictConfig) and not OmegaConf.is_interpolation(cfg, key):
+            out += _missing_values(node, f"{prefix}{key}.")
+    return sorted(out)
+
+
 def train(cfg: DictConfig) -> dict:
     """Fine-tune as configured; returns the results dict also written to ``<output_dir>/results.json``."""
     from transformers import Trainer, TrainingArguments, set_seed
 
+    missing = _missing_values(cfg)
+    if missing:  # `???` in a config, e.g. stage1_run of a two-stage experiment
+        raise LsrAdaptError(f"config value(s) {', '.join(missing)} must be set, e.g. {missing[0]}=...")
     out_dir = output_dir_of(cfg)
     if (out_dir / RESULTS).exists():
         raise LsrAdaptError(f"{out_dir} already holds a finished run ({RESULTS}); choose another output dir")
@@ -210,6 +227,8 @@ def train(cfg: DictConfig) -> dict:
     before = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     metric_before = before[metric]
     log.info("validation %s before training: %.4f", metric, metric_before)
+    if init_info is not None:  # a continued run keeps its starting weights unless an epoch beats them
+        recorder.consider(metric_before, 0)
     extra_before = evaluate_extra(trainer, extra_eval, metric_names)
 
     train_metrics = {}

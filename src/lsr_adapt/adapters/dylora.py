@@ -1,8 +1,8 @@
 """DyLoRA (Valipour et al. 2023, arXiv:2210.07558): one LoRA run that serves every rank b ≤ r.
 
-Each training forward samples b ~ U{1, …, r} (one b for the whole model, drawn from torch's RNG, so
-runs are seeded and activation checkpointing recomputes with the same b) and uses the first b
-rows of A and columns of B:
+Each training forward samples b ~ U{1, …, r} (one b for the whole model, drawn by a forward
+pre-hook from torch's RNG, so runs are seeded; the layers read the stored b, so activation
+checkpointing recomputes with the same b) and uses the first b rows of A and columns of B:
 
     h = W₀x + s_b · B[:, :b] · A[:b] · x,     s_b = α/b  (α/√b with use_rslora)
 

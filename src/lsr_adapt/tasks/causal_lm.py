@@ -10,7 +10,9 @@ Data: each document (a row's ``data.text_fields`` joined by newlines; a ``.txt``
 document) is tokenized with the tokenizer's own special tokens, EOS is appended where the tokenizer
 did not put one (``data.append_eos``), and a split's documents are concatenated and cut into
 blocks of ``data.max_length`` tokens; a tail shorter than one block is dropped, as in
-transformers' ``run_clm`` example. Labels are the input ids (the model shifts them by one).
+transformers' ``run_clm`` example. Labels are the input ids (the model shifts them by one), the
+first one of each block -100: it is never a target, and left in, the Trainer would count it among
+the tokens it divides the summed loss by, shrinking the loss by (L-1)/L.
 Every block is full, so batches need no padding and the collator stacks them as they are:
 ``DataCollatorForLanguageModeling(mlm=False)`` would also turn every EOS label into -100 (these
 tokenizers pad with EOS), and the model would never learn where a document ends.
@@ -18,7 +20,7 @@ tokenizers pad with EOS), and the model would never learn where a document ends.
 Metric: perplexity = exp(L̄) with L̄ the mean next-token cross-entropy (nats) over the split.
 Every block predicts ``max_length - 1`` tokens, so the Trainer's evaluation loss (the mean of
 per-batch token means, weighted by batch size) is exactly the per-token mean and exp(eval loss)
-is the split's token-level perplexity.
+is the split's token-level perplexity (tests/test_tasks.py checks it against a hand computation).
 """
 
 from __future__ import annotations
@@ -173,8 +175,10 @@ def group_blocks(ds, block_size: int):
         flat = list(chain.from_iterable(batch["input_ids"]))
         n = len(flat) // block_size * block_size
         blocks = [flat[i:i + block_size] for i in range(0, n, block_size)]
+        # position 0 is never a target (the model shifts labels by one); marking it -100 makes the
+        # Trainer's token count (labels != -100), which scales the loss, the number of predicted tokens
         return {"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks],
-                "labels": [list(b) for b in blocks]}
+                "labels": [[-100, *b[1:]] for b in blocks]}
 
     # one map batch per 2000 documents: a tail under one block is dropped per batch, as run_clm does
     return ds.map(group, batched=True, batch_size=2000, remove_columns=ds.column_names)

@@ -1,0 +1,128 @@
+"""Generate text with a fine-tuned causal LM run (``data.task_type: causal_lm``).
+
+    python -m lsr_adapt.generate --run RUN_DIR --prompt "Once upon a time" [--max-new-tokens 40]
+        [--merged] [--no-adapter] [--temperature 0.8 --top-p 0.95 --seed 0] [--base PATH]
+
+The base model is loaded from where the run loaded it (``--base`` overrides), the run's adapter is
+installed with ``artifacts.load_adapter`` (same safety checks as predict: the base weights'
+fingerprint, names and shapes). ``--merged`` folds ΔW into the base weights first (inference at the
+base model's cost, same output); ``--no-adapter`` generates with the base model alone, for
+comparison. Greedy decoding unless ``--temperature`` > 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .artifacts import (
+    LoadedRun,
+    adapter_files,
+    base_path_of,
+    load_adapter,
+    quiet_hf,
+    read_adapter_config,
+    run_config_of,
+)
+from .errors import LsrAdaptError
+
+
+def load_lm_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True,
+                device: str | None = None, adapter: bool = True) -> LoadedRun:
+    """A saved causal-LM run rebuilt for generation: base LM + tokenizer + adapter, eval mode, frozen.
+
+    (``artifacts.load_run`` rebuilds classifiers; this is its causal-LM counterpart.)
+    """
+    from .tasks.causal_lm import load_causal_lm
+
+    run_dir = Path(run_dir)
+    adapter_files(run_dir)
+    adapter_config = read_adapter_config(run_dir)
+    if "peft_type" in adapter_config:
+        raise LsrAdaptError(f"{run_dir}: a peft adapter directory; load its base model with "
+                            f"tasks.causal_lm.load_causal_lm and call artifacts.load_adapter")
+    task_type = adapter_config.get("task_type")
+    if task_type != "causal_lm":
+        raise LsrAdaptError(f"{run_dir}: a {task_type or 'classification'} run, not a causal_lm one; "
+                            f"use python -m lsr_adapt.predict for it")
+    run_config = run_config_of(run_dir)
+    loaded = load_causal_lm(base or base_path_of(adapter_config, run_config))
+    model = loaded.model
+    if adapter:
+        load_adapter(model, run_dir, check_fingerprint=check_fingerprint)
+    model.requires_grad_(False)
+    model.eval()
+    if device:
+        model.to(device)
+    return LoadedRun(model, loaded.tokenizer, adapter_config, run_config, run_dir)
+
+
+def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
+    """The prompt as a document prefix: the tokenizer's own BOS, no closing EOS (the tiny smoke
+    tokenizer frames every text with both; training documents end with EOS, so a prompt must not)."""
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    while ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id and len(ids) > 1:
+        ids = ids[:-1]
+    return torch.tensor([ids])
+
+
+@torch.no_grad()
+def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 40, merged: bool = False,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> str:
+    """The prompt's continuation (new tokens only, decoded without special tokens)."""
+    from .adapters import merge_adapters, unmerge_adapters
+
+    if max_new_tokens < 1:
+        raise LsrAdaptError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise LsrAdaptError(f"need --temperature >= 0 and 0 < --top-p <= 1 (got {temperature}, {top_p})")
+    model, tok = run.model, run.tokenizer
+    device = next(model.parameters()).device
+    ids = prompt_ids(tok, prompt).to(device)
+    sample = temperature > 0
+    kwargs = dict(do_sample=sample, temperature=temperature, top_p=top_p) if sample else dict(do_sample=False)
+    torch.manual_seed(seed)
+    if merged:
+        merge_adapters(model)
+    try:
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
+    finally:
+        if merged:
+            unmerge_adapters(model)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def run_cli(args) -> None:
+    run = load_lm_run(args.run, base=args.base, check_fingerprint=not args.no_fingerprint_check,
+                      device=args.device, adapter=not args.no_adapter)
+    for prompt in args.prompt:
+        text = generate(run, prompt, args.max_new_tokens, merged=args.merged, temperature=args.temperature,
+                        top_p=args.top_p, seed=args.seed)
+        print(prompt + (text if text[:1].isspace() or not text else " " + text), flush=True)
+
+
+def main(argv=None) -> None:
+    from .cli import exit_on_user_error
+
+    p = argparse.ArgumentParser(prog="python -m lsr_adapt.generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="a causal_lm run directory")
+    p.add_argument("--prompt", required=True, action="append", help="text to continue (repeat for several)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--merged", action="store_true", help="merge the adapter into the base weights first")
+    p.add_argument("--no-adapter", action="store_true", help="the base model alone, for comparison")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--base", help="base model path/id, if not where the run loaded it from")
+    p.add_argument("--device", help="e.g. cuda; default cpu")
+    p.add_argument("--no-fingerprint-check", action="store_true", help="load even if the base weights differ")
+    args = p.parse_args(argv)
+    quiet_hf()
+    exit_on_user_error(run_cli, args)
+
+
+if __name__ == "__main__":
+    main()
