@@ -6,13 +6,12 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_batch, tiny_classifier
 from torch import nn
 
-from lsr_adapt import LoRALinear, LSRLinear, LsrAdaptError, replace_linear_with_lora, replace_linear_with_lsr
+from lsr_adapt import LoRALinear, LsrAdaptError, LSRLinear, replace_linear_with_lora, replace_linear_with_lsr
 from lsr_adapt.adapters import adapter_layers, factorize, merge_and_unload
 from lsr_adapt.adapters.lsr import PATHS
-
-from conftest import tiny_batch, tiny_classifier
 
 
 def _randomize(layer: nn.Module, seed: int = 0) -> None:

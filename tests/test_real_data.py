@@ -12,8 +12,7 @@ import sys
 import pytest
 from conftest import compose
 
-from lsr_adapt import LsrAdaptError
-from lsr_adapt import assets
+from lsr_adapt import LsrAdaptError, assets
 
 
 def test_unknown_and_missing_assets_are_one_line_errors():

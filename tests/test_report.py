@@ -212,3 +212,16 @@ def test_cli_writes_the_report(sweep, tmp_path, capsys):
     report_main([str(sweep), "--out", str(tmp_path / "r")])
     assert "3 configuration(s) from 6 run(s); 3 failed/unfinished; 6 plot(s)" in capsys.readouterr().out
     assert (tmp_path / "r" / "report.md").exists() and (tmp_path / "r" / "frontier_mrpc.png").exists()
+
+
+def test_test_split_metric_is_aggregated_over_seeds(tmp_path):
+    root = tmp_path / "sweep"
+    for seed, acc in [(0, 0.70), (1, 0.80)]:
+        r = fake_results("lora", LORA, seed, 0.9)
+        r["test_metrics"] = {"accuracy": acc, "f1": 0.5, "loss": 0.4}
+        job(root, f"{seed}", r)
+    written = build_report([root], plots=False)
+    md = written["md"].read_text()
+    assert f"0.7500 ± {statistics.stdev([0.70, 0.80]):.4f}" in md and "test (mean ± std)" in md
+    row = next(csv.DictReader(written["csv"].open()))
+    assert float(row["test_mean"]) == pytest.approx(0.75) and float(row["test_std"]) == pytest.approx(0.0707107, abs=1e-6)

@@ -52,6 +52,19 @@ def spearman(pred, label) -> float:
     return float(stats.spearmanr(pred, label)[0]) if np.std(pred) > 0 else 0.0
 
 
+def roc_auc(scores, label) -> float:
+    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties
+    counting ½: the Mann-Whitney U statistic over the average ranks, U / (n_pos · n_neg). NaN when
+    one class is absent."""
+    scores, label = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(label).reshape(-1)
+    pos = label == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(scores)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def perplexity(mean_nll: float) -> float:
     """Perplexity = exp(mean next-token cross-entropy in nats); inf where exp overflows."""
     return math.exp(mean_nll) if mean_nll < 709 else math.inf

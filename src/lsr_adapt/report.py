@@ -78,6 +78,19 @@ class Config:
         v = self.values(name)
         return statistics.stdev(v) if len(v) > 1 else None
 
+    def test_values(self) -> list[float]:
+        """The selection metric on the labelled test split (the best epoch's weights), per run."""
+        out = []
+        for r in self.runs:
+            v = (r.get("test_metrics") or {}).get(r.get("metric_name"))
+            if isinstance(v, (int, float)):
+                out.append(float(v))
+        return out
+
+    def test_mean_std(self) -> tuple[float | None, float | None]:
+        v = self.test_values()
+        return (statistics.fmean(v) if v else None), (statistics.stdev(v) if len(v) > 1 else None)
+
     @property
     def seeds(self) -> list:
         return [r.get("seed") for r in self.runs]
@@ -204,7 +217,7 @@ def by_task(configs: list[Config]) -> dict[tuple[str, str], list[Config]]:
 CSV_COLUMNS = (
     "task", "metric", "method", "hyperparameters", "method_config", "base_model", "learning_rate", "batch_size",
     "epochs", "adapter_params", "head_params", "trainable_params", "total_params", "percent_trainable",
-    "best_mean", "best_std", "n", "seeds", "best_epoch_mean", "metric_before_mean", "train_time_s_mean",
+    "best_mean", "best_std", "n", "test_mean", "test_std", "seeds", "best_epoch_mean", "metric_before_mean", "train_time_s_mean",
     "examples_per_s_mean", "peak_memory_mb_mean", "peak_memory_kind", "precision", "device", "run_dirs",
 )
 
@@ -222,6 +235,7 @@ def csv_rows(configs: list[Config], root: Path) -> list[dict]:
             "trainable_params": f.get("trainable_params"), "total_params": f.get("total_params"),
             "percent_trainable": f.get("percent_trainable"),
             "best_mean": c.mean("best_metric"), "best_std": c.std("best_metric"), "n": len(c.runs),
+            "test_mean": c.test_mean_std()[0], "test_std": c.test_mean_std()[1],
             "seeds": " ".join(str(s) for s in c.seeds), "best_epoch_mean": c.mean("best_epoch"),
             "metric_before_mean": c.mean("metric_before_training"), "train_time_s_mean": c.mean("train_runtime_s"),
             "examples_per_s_mean": c.mean("examples_per_s"), "peak_memory_mb_mean": c.mean("peak_memory_mb"),
@@ -257,18 +271,20 @@ def _rel(p: Path, root: Path) -> str:
 
 def md_table(configs: list[Config]) -> str:
     head = ["method", "hyperparameters", "base model", "lr", "adapter params", "head params",
-            "trainable (% of model)", "best (mean ± std)", "n", "before training", "train time (s)",
-            "examples/s", "peak memory (MB)"]
+            "trainable (% of model)", "best (mean ± std)", "n", "test (mean ± std)", "before training",
+            "train time (s)", "examples/s", "peak memory (MB)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in configs:
         f = c.first
         std = c.std("best_metric")
         best = _num(c.mean("best_metric")) + (f" ± {std:.4f}" if std is not None else "")
+        t_mean, t_std = c.test_mean_std()
+        test = _num(t_mean) + (f" ± {t_std:.4f}" if t_std is not None else "")
         pct = f.get("percent_trainable")
         trainable = _int(f.get("trainable_params")) + (f" ({pct:.3f}%)" if isinstance(pct, (int, float)) else "")
         cells = [str(f.get("adaptation_type")), c.label or "–", str(f.get("model_name")),
                  _fmt_value(f.get("learning_rate")), _int(f.get("adapter_params")), _int(f.get("head_params")),
-                 trainable, best, str(len(c.runs)), _num(c.mean("metric_before_training")),
+                 trainable, best, str(len(c.runs)), test, _num(c.mean("metric_before_training")),
                  _num(c.mean("train_runtime_s"), 1), _num(c.mean("examples_per_s"), 1),
                  _num(c.mean("peak_memory_mb"), 0)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")

@@ -39,6 +39,11 @@ TINY_CONFIGS = {
     "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1),
+    # GW detection (tasks/gw.py) uses the encoder only; 64 positions = up to 128 log-mel frames
+    "whisper": dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+                    decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, num_mel_bins=80,
+                    max_source_positions=64, max_target_positions=64, pad_token_id=0, bos_token_id=1,
+                    eos_token_id=2, decoder_start_token_id=1),
 }
 
 

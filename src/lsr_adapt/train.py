@@ -180,6 +180,7 @@ def train(cfg: DictConfig) -> dict:
     report_to = tracking.report_to
     method_cfg = loaded.method_config
     extra_args = method.training_args(method_cfg) if method.training_args else {}  # e.g. a paged optimizer
+    extra_args = {**task.training_args(dcfg), **extra_args}  # e.g. the GW task's second label (SNR)
     args = TrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=epochs,
@@ -214,7 +215,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = task.trainer_cls()(
         model=model, args=args, train_dataset=splits.get("train"), eval_dataset=splits["validation"],
         data_collator=task.collator(tokenizer), processing_class=tokenizer,
-        compute_metrics=task.compute_metrics(metric_names),
+        compute_metrics=task.compute_metrics(metric_names, dcfg),
         callbacks=[recorder], optimizers=optimizers,
     )
     for cb in trainer.callback_handler.callbacks:

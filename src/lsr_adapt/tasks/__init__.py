@@ -5,8 +5,9 @@
 * ``load(name_or_path, data_cfg, model_cfg) -> LoadedModel``: the model class and its tokenizer /
   feature extractor (sequence classifier, causal LM, Whisper-encoder detector),
 * ``prepare_splits(data_cfg, tokenizer, seed, need_train) -> {"train", "validation", ["test"]}``,
-* ``collator(tokenizer)``, ``compute_metrics(metric_names)`` (None: metrics come from the loss),
-* ``trainer_cls()``: the ``transformers.Trainer`` class to use (the causal LM one adds perplexity).
+* ``collator(tokenizer)``, ``compute_metrics(metric_names, data_cfg)`` (None: metrics come from the loss),
+* ``trainer_cls()``: the ``transformers.Trainer`` class to use (the causal LM one adds perplexity),
+* ``training_args(data_cfg)``: extra ``TrainingArguments`` (the GW task's label names).
 
 Task types (``data.task_type``; docs/tasks.md):
 
@@ -35,14 +36,19 @@ TASK_MODULES = {
 }
 
 
+def _no_training_args(data_cfg) -> dict:
+    return {}
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
     load: Callable[..., Any]
     prepare_splits: Callable[..., dict]
     collator: Callable[[Any], Any]
-    compute_metrics: Callable[[list[str]], Callable | None]
+    compute_metrics: Callable[[list[str], Any], Callable | None]
     trainer_cls: Callable[[], type]
+    training_args: Callable[[Any], dict] = _no_training_args  # extra TrainingArguments for this task
 
 
 def task_type_of(data_cfg) -> str:

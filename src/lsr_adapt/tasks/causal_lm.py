@@ -221,7 +221,7 @@ def _collator(tokenizer):
     return default_data_collator
 
 
-def _compute_metrics(names):
+def _compute_metrics(names, data_cfg=None):
     return None  # perplexity comes from the loss (CausalLMTrainer); no logits are kept
 
 

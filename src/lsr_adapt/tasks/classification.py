@@ -28,7 +28,7 @@ def _collator(tokenizer):
     return DataCollatorWithPadding(tokenizer)
 
 
-def _compute_metrics(names):
+def _compute_metrics(names, data_cfg=None):
     from ..metrics import compute
 
     return lambda p: compute(names, p.predictions, p.label_ids)
