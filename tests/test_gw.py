@@ -204,7 +204,10 @@ def test_whisper_method_configs_train_the_right_parameters():
     head = (2 * 32 + 1) * 16 + 17
     assert counts["head"]["trainable_params"] == head
     assert counts["lora"]["trainable_params"] == head + 2 * 3 * 8 * (32 + 32)  # r=8 on q, k, v in 2 layers
-    assert counts["full"]["trainable_params"] == counts["full"]["total_params"] - 13 * 32  # positions stay sinusoidal
+    # everything but the fixed sinusoidal positions (a buffer): all of the base model + the head
+    assert counts["full"]["trainable_params"] == counts["full"]["total_params"] == \
+        sum(p.numel() for p in loaded.model.parameters())
+    assert "encoder.embed_positions.weight" in dict(loaded.model.named_buffers())
 
 
 def test_gw_disk_layout(tmp_path):

@@ -84,6 +84,20 @@ def n_frames_of(data_cfg) -> int:
     raise LsrAdaptError("set data.n_frames (Whisper log-mel frames per detector; 3000 = 30 s) for this dataset")
 
 
+class FixedPositions(nn.Module):
+    """Whisper's sinusoidal position table as a buffer: Whisper never trains it (its parameter has
+    requires_grad off), and as a buffer it stays fixed under ``full`` too, which unfreezes every
+    parameter. Same state-dict name and lookup as the ``nn.Embedding`` it replaces."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+        self.num_embeddings, self.embedding_dim = weight.shape
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return F.embedding(positions, self.weight)
+
+
 def fit_positions(encoder: nn.Module, n_frames: int) -> None:
     """Let the encoder take ``n_frames`` frames: keep the first n_frames/2 position embeddings."""
     limit = 2 * encoder.config.max_source_positions
@@ -91,14 +105,8 @@ def fit_positions(encoder: nn.Module, n_frames: int) -> None:
         raise LsrAdaptError(f"data.n_frames {n_frames} must be even and at most {limit} "
                             f"(2 × this Whisper's max_source_positions)")
     n_pos = n_frames // 2
-    if n_pos < encoder.config.max_source_positions:
-        old = encoder.embed_positions
-        new = nn.Embedding(n_pos, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(old.weight[:n_pos])
-        new.requires_grad_(False)
-        encoder.embed_positions = new
-        encoder.config.max_source_positions = encoder.max_source_positions = n_pos
+    encoder.embed_positions = FixedPositions(encoder.embed_positions.weight[:n_pos])
+    encoder.config.max_source_positions = encoder.max_source_positions = n_pos
 
 
 def load_detector(name_or_path: str, data_cfg, model_cfg=None):
