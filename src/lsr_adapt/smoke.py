@@ -43,7 +43,7 @@ TINY_CONFIGS = {
     "whisper": dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
                     decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, num_mel_bins=80,
                     max_source_positions=64, max_target_positions=64, pad_token_id=0, bos_token_id=1,
-                    eos_token_id=2, decoder_start_token_id=1),
+                    eos_token_id=2, decoder_start_token_id=1, init_std=0.2),
 }
 
 
