@@ -92,6 +92,18 @@ def test_imdb_reference_experiment_configs():
         _ = compose("experiment=imdb_distilbert/lora_then_head_stage2").init_from
 
 
+def test_imdb_lora_then_head_two_stages(tmp_path):
+    small = (SIZES, "training.num_train_epochs=1", "training.batch_size=8")
+    with pytest.raises(LsrAdaptError, match=r"config value\(s\) stage1_run must be set"):
+        run_train(tmp_path / "x", "experiment=[imdb_distilbert/lora_then_head_stage2,smoke]", *small)
+    first = run_train(tmp_path / "s1", "experiment=[imdb_distilbert/lora_then_head_stage1,smoke]", *small)
+    second = run_train(tmp_path / "s2", "experiment=[imdb_distilbert/lora_then_head_stage2,smoke]", *small,
+                       f"stage1_run={tmp_path / 's1'}")
+    assert first["adapter_params"] == 2 * 3 * 16 * (32 + 32)  # r=16 on q_lin, k_lin, v_lin in 2 layers
+    assert second["metric_before_training"] == first["best_metric"]  # starts from stage 1's adapter + head
+    assert second["freeze_adapter"] and second["trainable_params"] == second["head_params"] == 32 * 32 + 32 + 32 * 2 + 2
+
+
 def test_task_type_checks():
     base = OmegaConf.to_container(compose("data=sst2").data)
     with pytest.raises(LsrAdaptError, match="unknown data.task_type 'ner'; valid choices: classification"):

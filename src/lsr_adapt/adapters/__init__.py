@@ -78,7 +78,7 @@ def replace_linear_with_lora(model: nn.Module, target_modules=None, r: int = 8, 
 
 
 def replace_linear_with_lsr(model: nn.Module, target_modules=None, r: int = 2, num_terms: int = 16,
-                            alpha: float = 2.0, dropout: float = 0.0, form: str = "sum", path: str = "auto",
+                            alpha: float = 8.0, dropout: float = 0.0, form: str = "sum", path: str = "auto",
                             in_factors=None, out_factors=None) -> nn.Module:
     """Wrap the targeted Linear/Conv1D layers with ``LSRLinear`` (in place); returns the model."""
     cfg = LSRConfig(r, num_terms, alpha, dropout, form, path, in_factors, out_factors)

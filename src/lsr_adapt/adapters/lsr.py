@@ -24,8 +24,8 @@ passes against the dense path's extra weight-gradient GEMM), else dense. No dens
 Initialisation and scaling: A₁ ~ N(0, 1/d₁), A₂ ~ N(0, 1/d₂), B₁ ~ N(0, 1), B₂ = 0 (so ΔW = 0 at
 the start and B₂ receives the first gradient). With s = α/(r·√t) (sum) or α/(r·t) (product), the
 first Adam step changes each entry of ΔW by about α·lr/√in whatever r and t are, so sweeps over r
-or t keep one learning rate, and α stays a small number (default 2, close to LoRA r=8 α=8's first
-step at the same learning rate).
+or t keep one learning rate. α defaults to 8, LoRA's default: on real data (MiniLM-L6 on drug
+reviews, lr 1e-3) α=8 learned faster than α=2 (validation loss 0.553 vs 0.580 after 3 epochs).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def factorize(n: int, layer: str = "", which: str = "dim") -> tuple[int, int]:
 class LSRConfig:
     r: int = 2
     num_terms: int = 16
-    alpha: float = 2.0
+    alpha: float = 8.0
     dropout: float = 0.0
     form: str = "sum"  # sum | product
     path: str = "auto"  # auto | factored | dense | activations
@@ -96,7 +96,7 @@ class LSRLinear(AdapterLayer):
     a_params = ("lsr_A1", "lsr_A2")
     b_params = ("lsr_B1", "lsr_B2")
 
-    def __init__(self, base_layer: nn.Module, r: int = 2, num_terms: int = 16, alpha: float = 2.0,
+    def __init__(self, base_layer: nn.Module, r: int = 2, num_terms: int = 16, alpha: float = 8.0,
                  dropout: float = 0.0, form: str = "sum", path: str = "auto",
                  in_factors=None, out_factors=None, name: str = ""):
         super().__init__(base_layer)
