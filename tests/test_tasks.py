@@ -104,6 +104,18 @@ def test_imdb_lora_then_head_two_stages(tmp_path):
     assert second["freeze_adapter"] and second["trainable_params"] == second["head_params"] == 32 * 32 + 32 + 32 * 2 + 2
 
 
+@pytest.mark.parametrize("model,data", [
+    ("distilbert_lora", "imdb"), ("distilbert_head", "imdb"), ("gpt2_lora", "wikitext2"), ("gpt2_lsr", "text_files"),
+    ("llama_lora", "wikitext2"), ("smollm2_lora", "text_files"), ("whisper_lora", "gw_synthetic"),
+    ("whisper_full", "gw_disk"), ("whisper_frozen", "gw_synthetic")])
+def test_new_model_configs_compose_with_smoke(model, data):
+    from lsr_adapt.smoke import TINY_CONFIGS
+
+    cfg = compose("experiment=smoke", f"model={model}", f"data={data}")
+    assert cfg.model.tiny and cfg.data.synthetic and cfg.model.family in TINY_CONFIGS
+    assert get_task(cfg.data).name == {"imdb": "classification", "gw_synthetic": "gw", "gw_disk": "gw"}.get(data, "causal_lm")
+
+
 def test_task_type_checks():
     base = OmegaConf.to_container(compose("data=sst2").data)
     with pytest.raises(LsrAdaptError, match="unknown data.task_type 'ner'; valid choices: classification"):
