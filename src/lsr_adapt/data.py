@@ -116,6 +116,28 @@ def has_labels(ds, field: str) -> bool:
     return len(ds) > 0 and any(v != -1 for v in ds[field][:1000])
 
 
+def split_roles(raw, splits: dict, need_train: bool = True):
+    """(role, split name, dataset) for train / validation / test as configured; a missing validation
+    split, or a missing train split when training, is an error naming the splits there are."""
+    for role in ("train", "validation", "test"):
+        name = splits.get(role)
+        if name is None or name not in raw:
+            if role == "validation" or (role == "train" and need_train):
+                raise LsrAdaptError(f"dataset has no {role} split {name!r}; it has {sorted(raw)} (set data.splits.{role})")
+            continue
+        yield role, name, raw[name]
+
+
+def limit_samples(ds, data_cfg, role: str, seed: int):
+    """At most ``data.max_train_samples`` / ``max_eval_samples`` rows; ``data.sample_seed`` fixes the
+    sample across training seeds (else the training seed draws it)."""
+    limit = _get(data_cfg, f"max_{'train' if role == 'train' else 'eval'}_samples")
+    if limit and len(ds) > int(limit):
+        sample_seed = _get(data_cfg, "sample_seed")
+        ds = ds.shuffle(seed=seed if sample_seed is None else int(sample_seed)).select(range(int(limit)))
+    return ds
+
+
 def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
     """Tokenised train / validation / (labelled) test datasets ready for a dynamic-padding collator."""
     check_metric_names(list(data_cfg.metrics) + [data_cfg.metric])
@@ -128,13 +150,7 @@ def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
         raw = DatasetDict({**raw, splits["train"]: parts["train"], "_validation_from_train": parts["test"]})
         splits = {**splits, "validation": "_validation_from_train"}
     out = {}
-    for role in ("train", "validation", "test"):
-        name = splits.get(role)
-        if name is None or name not in raw:
-            if role == "validation" or (role == "train" and need_train):
-                raise LsrAdaptError(f"dataset has no {role} split {name!r}; it has {list(raw)} (set data.splits.{role})")
-            continue
-        ds = raw[name]
+    for role, name, ds in split_roles(raw, splits, need_train):
         check_columns(ds, data_cfg, name)
         ds = _encode_labels(ds, data_cfg)
         if _get(data_cfg, "unescape_html"):
@@ -142,11 +158,7 @@ def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
         if role == "test" and not has_labels(ds, data_cfg.label_field):
             log.info("test split %r has no labels; skipping test metrics", name)
             continue
-        limit = _get(data_cfg, f"max_{'train' if role == 'train' else 'eval'}_samples")
-        if limit and len(ds) > int(limit):  # data.sample_seed fixes the sample across training seeds
-            sample_seed = _get(data_cfg, "sample_seed")
-            ds = ds.shuffle(seed=seed if sample_seed is None else int(sample_seed)).select(range(int(limit)))
-        out[role] = tokenize(ds, data_cfg, tokenizer)
+        out[role] = tokenize(limit_samples(ds, data_cfg, role, seed), data_cfg, tokenizer)
     return out
 
 

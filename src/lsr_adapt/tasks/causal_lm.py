@@ -186,20 +186,14 @@ def group_blocks(ds, block_size: int):
 
 def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True) -> dict:
     """Token blocks for train / validation / (test), each with ``labels`` = ``input_ids``."""
+    from ..data import limit_samples, split_roles
     from ..metrics import check_metric_names
 
     check_metric_names(list(data_cfg.metrics) + [data_cfg.metric])
     raw, splits = _raw(data_cfg)
     block_size = block_size_of(data_cfg, tokenizer)
-    sample_seed = data_cfg.get("sample_seed")
     out = {}
-    for role in ("train", "validation", "test"):
-        name = splits.get(role)
-        if name is None or name not in raw:
-            if role == "validation" or (role == "train" and need_train):
-                raise LsrAdaptError(f"dataset has no {role} split {name!r}; it has {list(raw)} (set data.splits.{role})")
-            continue
-        ds = raw[name]
+    for role, name, ds in split_roles(raw, splits, need_train):
         missing = [f for f in data_cfg.text_fields if f not in ds.column_names]
         if missing:
             raise LsrAdaptError(f"dataset split {name!r} lacks column(s) {missing}; it has {ds.column_names} "
@@ -208,10 +202,7 @@ def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True) 
         if len(blocks) == 0:
             raise LsrAdaptError(f"dataset split {name!r} holds fewer than {block_size} tokens, not one block of "
                                 f"data.max_length; lower data.max_length or give it more text")
-        limit = data_cfg.get(f"max_{'train' if role == 'train' else 'eval'}_samples")
-        if limit and len(blocks) > int(limit):
-            blocks = blocks.shuffle(seed=seed if sample_seed is None else int(sample_seed)).select(range(int(limit)))
-        out[role] = blocks
+        out[role] = limit_samples(blocks, data_cfg, role, seed)
     return out
 
 

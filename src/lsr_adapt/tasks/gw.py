@@ -196,6 +196,7 @@ def _to_inputs(ds, name: str, max_samples: int):
 
 
 def prepare_splits(data_cfg, feature_extractor, seed: int = 0, need_train: bool = True) -> dict:
+    from ..data import limit_samples, split_roles
     from ..metrics import check_metric_names
 
     names = list(data_cfg.metrics) + [data_cfg.metric]
@@ -205,19 +206,9 @@ def prepare_splits(data_cfg, feature_extractor, seed: int = 0, need_train: bool 
         raise LsrAdaptError(f"metric {other[0]!r} does not apply to GW detection; valid choices: {', '.join(GW_METRICS)}")
     raw, splits = _raw(data_cfg)
     max_samples = n_frames_of(data_cfg) * getattr(feature_extractor, "hop_length", 160)
-    sample_seed = data_cfg.get("sample_seed")
     out = {}
-    for role in ("train", "validation", "test"):
-        name = splits.get(role)
-        if name is None or name not in raw:
-            if role == "validation" or (role == "train" and need_train):
-                raise LsrAdaptError(f"dataset has no {role} split {name!r}; it has {sorted(raw)} (set data.splits.{role})")
-            continue
-        ds = raw[name]
-        limit = data_cfg.get(f"max_{'train' if role == 'train' else 'eval'}_samples")
-        if limit and len(ds) > int(limit):
-            ds = ds.shuffle(seed=seed if sample_seed is None else int(sample_seed)).select(range(int(limit)))
-        out[role] = _to_inputs(ds, name, max_samples)
+    for role, name, ds in split_roles(raw, splits, need_train):
+        out[role] = _to_inputs(limit_samples(ds, data_cfg, role, seed), name, max_samples)
     return out
 
 
