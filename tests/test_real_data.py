@@ -60,7 +60,7 @@ def test_lora_on_real_reviews_beats_the_majority_class(fetched, tmp_path):
     from lsr_adapt.train import train
 
     cfg = compose("model=minilm_lora", "data=drug_reviews", f"output_dir={tmp_path}", "training.report_to=none",
-                  "data.max_length=128", "training.num_train_epochs=3", "training.learning_rate=1e-3",
+                  "data.max_length=128", "training.num_train_epochs=4", "training.learning_rate=1e-3",
                   "model.lora.alpha=16")
     results = train(cfg)
     majority = 248 / (248 + 95)
