@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -570,11 +569,9 @@ def base_path_of(adapter_config: dict, run_config=None) -> str:
     return str(base)
 
 
-def load_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True,
-             device: str | None = None) -> LoadedRun:
-    """Rebuild a saved run for inference: base model + tokenizer + adapter + head, eval mode, frozen."""
-    from .modeling import load_classifier
-
+def saved_run(run_dir, base: str | None = None) -> tuple[Path, dict, object, str]:
+    """(run dir, adapter config, run config, base model path) of an lsr-adapt run directory; a peft
+    adapter directory is an error (it has no run to rebuild: load its base, then ``load_adapter``)."""
     run_dir = Path(run_dir)
     adapter_files(run_dir)
     adapter_config = read_adapter_config(run_dir)
@@ -582,8 +579,17 @@ def load_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True
         raise LsrAdaptError(f"{run_dir}: a peft adapter directory; load its base model and call "
                             f"load_adapter(model, {str(run_dir)!r})")
     run_config = run_config_of(run_dir)
+    return run_dir, adapter_config, run_config, base or base_path_of(adapter_config, run_config)
+
+
+def load_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True,
+             device: str | None = None) -> LoadedRun:
+    """Rebuild a saved run for inference: base model + tokenizer + adapter + head, eval mode, frozen."""
+    from .modeling import load_classifier
+
+    run_dir, adapter_config, run_config, base = saved_run(run_dir, base)
     num_labels = int(adapter_config.get("num_labels") or 2)
-    loaded = load_classifier(base or base_path_of(adapter_config, run_config), num_labels)
+    loaded = load_classifier(base, num_labels)
     model = loaded.model.to(device) if device else loaded.model  # before loading: the bank lives there too
     load_adapter(model, run_dir, check_fingerprint=check_fingerprint)
     labels = adapter_config.get("label_names") or (run_config.get("data", {}).get("label_names")
@@ -594,38 +600,6 @@ def load_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True
     model.requires_grad_(False)
     model.eval()
     return LoadedRun(model, loaded.tokenizer, adapter_config, run_config, run_dir)
-
-
-def publish_dir(build, out: Path, overwrite: bool = False) -> Path:
-    """Build a directory in a temp dir beside ``out`` and rename it into place (never half a dir)."""
-    import shutil
-    import tempfile
-
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise LsrAdaptError(f"{out}: already exists; choose another output directory or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        build(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 
 def quiet_hf() -> None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LsrAdaptError
-from .iofiles import atomic_path
-from .smoke import _publish_dir, cache_dir
+from .iofiles import atomic_path, publish_dir
+from .smoke import cache_dir
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def drug_reviews_dir() -> Path:
                 name = next(n for n in zf.namelist() if n.endswith(member))
                 (tmp / f"{split}.tsv").write_bytes(zf.read(name))
 
-    return _publish_dir(build, cache_dir() / "assets" / "drug_reviews")
+    return publish_dir(build, cache_dir() / "assets" / "drug_reviews", if_exists="keep")
 
 
 def main(argv=None):

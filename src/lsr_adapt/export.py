@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_run, publish_dir, quiet_hf
+from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_run, quiet_hf
 from .cli import exit_on_user_error
 from .errors import LsrAdaptError, choices_error
-from .iofiles import write_json
+from .iofiles import publish_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool =
             (tmp / ADAPTER_WEIGHTS).write_bytes(data)
             write_json(tmp / REPORT, report)
 
-    publish_dir(build, out, overwrite=overwrite)
+    publish_dir(build, out, if_exists="replace" if overwrite else "error")
     return report
 
 

@@ -13,18 +13,14 @@ comparison. Greedy decoding unless ``--temperature`` > 0.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from .artifacts import (
     LoadedRun,
-    adapter_files,
-    base_path_of,
     load_adapter,
     quiet_hf,
-    read_adapter_config,
-    run_config_of,
+    saved_run,
 )
 from .errors import LsrAdaptError
 
@@ -37,18 +33,12 @@ def load_lm_run(run_dir, *, base: str | None = None, check_fingerprint: bool = T
     """
     from .tasks.causal_lm import load_causal_lm
 
-    run_dir = Path(run_dir)
-    adapter_files(run_dir)
-    adapter_config = read_adapter_config(run_dir)
-    if "peft_type" in adapter_config:
-        raise LsrAdaptError(f"{run_dir}: a peft adapter directory; load its base model with "
-                            f"tasks.causal_lm.load_causal_lm and call artifacts.load_adapter")
+    run_dir, adapter_config, run_config, base = saved_run(run_dir, base)
     task_type = adapter_config.get("task_type")
     if task_type != "causal_lm":
         raise LsrAdaptError(f"{run_dir}: a {task_type or 'classification'} run, not a causal_lm one; "
                             f"use python -m lsr_adapt.predict for it")
-    run_config = run_config_of(run_dir)
-    loaded = load_causal_lm(base or base_path_of(adapter_config, run_config))
+    loaded = load_causal_lm(base)
     model = loaded.model
     if adapter:
         load_adapter(model, run_dir, check_fingerprint=check_fingerprint)

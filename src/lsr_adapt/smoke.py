@@ -10,11 +10,10 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import LsrAdaptError
+from .iofiles import publish_dir
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
 _SYLLABLES = ["ba", "ko", "mi", "ru", "te", "za", "lo", "ne", "fi", "gu", "pa", "sho", "vi", "da", "ke"]
@@ -52,23 +51,6 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _publish_dir(build, target: Path) -> Path:
-    """Build into a temp dir and rename it into place, so concurrent jobs never see half a directory."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not target.exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -101,7 +83,7 @@ def tiny_checkpoint(family: str) -> Path:
         AutoModel.from_config(config).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    return _publish_dir(build, cache_dir() / "tiny-models" / family)
+    return publish_dir(build, cache_dir() / "tiny-models" / family, if_exists="keep")
 
 
 def synthetic_files(text_fields, label_field: str, num_labels: int, sizes: dict[str, int], seed: int = 0,
@@ -126,7 +108,7 @@ def synthetic_files(text_fields, label_field: str, num_labels: int, sizes: dict[
                     f.write(json.dumps(_example(rng, text_fields, label_field, num_labels, n_cls, markers,
                                                 filler, label_values)) + "\n")
 
-    out = _publish_dir(build, cache_dir() / "synthetic" / digest)
+    out = publish_dir(build, cache_dir() / "synthetic" / digest, if_exists="keep")
     return {split: str(out / f"{split}.jsonl") for split in sizes}
 
 

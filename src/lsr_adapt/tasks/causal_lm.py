@@ -100,7 +100,8 @@ def synthetic_text_files(sizes: dict[str, int], seed: int = 0) -> dict[str, str]
     ``seed``) taken with probabilities 0.55 / 0.25 / 0.15 / 0.05, so the best possible perplexity
     is about exp(H) = exp(1.14) ≈ 3.1 per word, against ≈ 205 for a model that knows nothing.
     """
-    from ..smoke import WORDS, _publish_dir, cache_dir
+    from ..iofiles import publish_dir
+    from ..smoke import WORDS, cache_dir
 
     key = json.dumps(["causal_lm", sizes, seed], sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -117,7 +118,7 @@ def synthetic_text_files(sizes: dict[str, int], seed: int = 0) -> dict[str, str]
                         word = rng.choices(successors[word], weights=[0.55, 0.25, 0.15, 0.05])[0]
                     f.write(json.dumps({"text": " ".join(words)}) + "\n")
 
-    out = _publish_dir(build, cache_dir() / "synthetic" / f"lm-{digest}")
+    out = publish_dir(build, cache_dir() / "synthetic" / f"lm-{digest}", if_exists="keep")
     return {split: str(out / f"{split}.jsonl") for split in sizes}
 
 
