@@ -602,6 +602,14 @@ def load_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True
     return LoadedRun(model, loaded.tokenizer, adapter_config, run_config, run_dir)
 
 
+def add_run_loading_args(parser, device: bool = True) -> None:
+    """The options every command that rebuilds a saved run takes (predict, generate, export)."""
+    parser.add_argument("--base", help="base model path/id, if not where the run loaded it from")
+    if device:
+        parser.add_argument("--device", help="e.g. cuda; default cpu")
+    parser.add_argument("--no-fingerprint-check", action="store_true", help="load even if the base weights differ")
+
+
 def quiet_hf() -> None:
     """For command-line tools: no progress bars or load reports from transformers / datasets on the
     terminal, so stdout is the answer and stderr, on bad input, the one ``error:`` line (the copy

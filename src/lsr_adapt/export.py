@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_run, quiet_hf
+from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, add_run_loading_args, load_run, quiet_hf
 from .cli import exit_on_user_error
 from .errors import LsrAdaptError, choices_error
 from .iofiles import publish_dir, write_json
@@ -146,8 +146,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--rank", type=int, default=None, help="rank of the SVD LoRA (--format lora)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--base", default=None, help="base model path/id, if not where the run loaded it from")
-    p.add_argument("--no-fingerprint-check", action="store_true", help="load even if the base weights differ")
+    add_run_loading_args(p, device=False)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     quiet_hf()

@@ -18,6 +18,7 @@ import torch
 
 from .artifacts import (
     LoadedRun,
+    add_run_loading_args,
     load_adapter,
     quiet_hf,
     saved_run,
@@ -106,9 +107,7 @@ def main(argv=None) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--base", help="base model path/id, if not where the run loaded it from")
-    p.add_argument("--device", help="e.g. cuda; default cpu")
-    p.add_argument("--no-fingerprint-check", action="store_true", help="load even if the base weights differ")
+    add_run_loading_args(p)
     args = p.parse_args(argv)
     quiet_hf()
     exit_on_user_error(run_cli, args)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from .artifacts import LoadedRun, load_run, quiet_hf
+from .artifacts import LoadedRun, add_run_loading_args, load_run, quiet_hf
 from .cli import exit_on_user_error
 from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
@@ -215,9 +215,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
                    help="override the run's data settings for --eval-split (e.g. path=/data/mrpc)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--base", help="base model path/id, if not where the run loaded it from")
-    p.add_argument("--device", help="e.g. cuda; default cpu")
-    p.add_argument("--no-fingerprint-check", action="store_true", help="load even if the base weights differ")
+    add_run_loading_args(p)
     p.add_argument("--json", action="store_true", help="print the prediction as JSON")
     args = p.parse_args(argv)
     quiet_hf()
