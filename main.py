@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lsr_adapt.cli import exit_on_user_error, flags_first
+from lsr_adapt.distributed import hydra_overrides_for_rank, share_run_stamp
 from lsr_adapt.train import train
 
 
@@ -16,5 +17,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = flags_first(sys.argv[1:])
+    share_run_stamp()  # torchrun / accelerate launch: one run dir for every rank
+    sys.argv[1:] = hydra_overrides_for_rank(flags_first(sys.argv[1:]))
     main()

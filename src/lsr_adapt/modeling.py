@@ -57,6 +57,10 @@ def load_classifier(name_or_path: str, num_labels: int, dtype: str | None = None
         raise LsrAdaptError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    # the classification loss is a mean over the batch that ignores `num_items_in_batch`; left True
+    # (the **kwargs in forward), the Trainer would multiply it by the process count under DDP and
+    # skip its division by gradient_accumulation_steps, growing the gradient by both factors
+    model.accepts_loss_kwargs = False
     missing = sorted(set(info.get("missing_keys", [])))
     return LoadedModel(model, tokenizer, name_or_path, new_param_names=missing)
 

@@ -21,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__
 from .adapters import adapter_layers, get_method
 from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, freeze_adapter, init_from_run, save_adapter
+from .checkpointing import checkpoint_dirs, find_resume_checkpoint, remove_checkpoints, trainer_with_checkpoints
+from .distributed import barrier, is_main_process, world_size
 from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
 from .metrics import higher_is_better
 from .modeling import parameter_counts, prepare_model
 from .tasks import evaluate_extra, extra_eval_datasets, get_task
-from .tracking import start_tracking
+from .tracking import Tracking, start_tracking
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ def _make_callback(model, metric: str, higher: bool = True):
         def __init__(self):
             self.active = False
             self.history, self.best, self.best_epoch, self.best_state = [], None, None, None
-            self.t0 = time.perf_counter()
+            self.t0, self.elapsed_before = time.perf_counter(), 0.0  # elapsed_before: time spent before a resume
 
         def on_train_begin(self, args, state, control, **kw):
             self.active, self.t0 = True, time.perf_counter()
@@ -99,10 +101,19 @@ def _make_callback(model, metric: str, higher: bool = True):
             entry = {k.removeprefix("eval_"): v for k, v in metrics.items() if k.removeprefix("eval_") not in
                      ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch")}
             entry.update({"epoch": int(round(state.epoch or 0)), "step": state.global_step,
-                          "elapsed_s": round(time.perf_counter() - self.t0, 3),
+                          "elapsed_s": round(self.elapsed_before + time.perf_counter() - self.t0, 3),
                           "train_loss": losses[-1] if losses else None})
             self.history.append(entry)
             self.consider(entry.get(metric), entry["epoch"])
+
+        def state_dict(self) -> tuple[dict, dict | None]:
+            """What a checkpoint keeps of this recorder: (JSON-able info, the best epoch's weights)."""
+            return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch}, self.best_state
+
+        def load_state_dict(self, info: dict, best_state: dict | None) -> None:
+            self.history, self.best, self.best_epoch = list(info["history"]), info["best"], info["best_epoch"]
+            self.best_state = best_state
+            self.elapsed_before = self.history[-1]["elapsed_s"] if self.history else 0.0
 
         def consider(self, value, epoch: int) -> None:
             if value is not None and (self.best is None or (value > self.best if higher else value < self.best)):
@@ -135,8 +146,11 @@ def train(cfg: DictConfig) -> dict:
     out_dir = output_dir_of(cfg)
     if (out_dir / RESULTS).exists():
         raise LsrAdaptError(f"{out_dir} already holds a finished run ({RESULTS}); choose another output dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    resume_from = _resume_checkpoint(cfg, out_dir)
+    main_process = is_main_process()  # under torchrun / accelerate launch only rank 0 writes outputs
+    if main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     tcfg, mcfg, dcfg = cfg.training, cfg.model, cfg.data
     seed = int(tcfg.seed)
@@ -166,6 +180,10 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("freeze_adapter"):  # e.g. stage 2 of "LoRA, then head only"
         freeze_adapter(model)
         counts.update(parameter_counts(model, head_names))
+    if tcfg.get("disable_dropout"):  # e.g. to compare runs across process counts exactly
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
     epochs = float(tcfg.num_train_epochs)
     splits = task.prepare_splits(dcfg, tokenizer, seed=seed, need_train=epochs > 0)
     extra_eval = extra_eval_datasets(task, dcfg, tokenizer, seed)  # e.g. MNLI mismatched
@@ -176,24 +194,26 @@ def train(cfg: DictConfig) -> dict:
     metric = str(dcfg.metric)
     metric_names = list(dict.fromkeys([metric, *dcfg.metrics]))
     recorder = _make_callback(model, metric, higher_is_better(metric))
-    tracking = start_tracking(cfg, out_dir)  # logger group: opens the tracker run (closed after results.json)
+    # logger group: opens the tracker run (closed after results.json); rank 0 alone reports
+    tracking = start_tracking(cfg, out_dir) if main_process else Tracking("none", [])
     report_to = tracking.report_to
     method_cfg = loaded.method_config
     extra_args = method.training_args(method_cfg) if method.training_args else {}  # e.g. a paged optimizer
     extra_args = {**task.training_args(dcfg), **extra_args}  # e.g. the GW task's second label (SNR)
+    per_device, accumulation = _per_device_batch(tcfg)
     args = TrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=epochs,
-        per_device_train_batch_size=int(tcfg.batch_size),
+        per_device_train_batch_size=per_device,
         per_device_eval_batch_size=int(tcfg.get("eval_batch_size") or tcfg.batch_size),
-        gradient_accumulation_steps=int(tcfg.get("gradient_accumulation_steps", 1)),
+        gradient_accumulation_steps=accumulation,
         learning_rate=float(tcfg.learning_rate),
         weight_decay=float(tcfg.weight_decay),
         warmup_steps=float(tcfg.warmup_ratio),  # a float < 1 is a ratio of the total steps
         lr_scheduler_type=str(tcfg.lr_scheduler),
         max_grad_norm=float(tcfg.get("max_grad_norm", 1.0)),
         eval_strategy="epoch",
-        save_strategy="no",
+        **_save_args(tcfg),
         logging_strategy="steps",
         logging_steps=int(tcfg.get("logging_steps", 50)),
         report_to=report_to,
@@ -205,6 +225,12 @@ def train(cfg: DictConfig) -> dict:
         dataloader_num_workers=int(tcfg.get("dataloader_num_workers", 0)),
         disable_tqdm=not sys.stderr.isatty(),
         use_cpu=not torch.cuda.is_available(),
+        # every adapter uses all its trainable weights in every step (DyLoRA masks rows instead of
+        # slicing them), so DDP need not search the graph for unused ones
+        ddp_find_unused_parameters=bool(tcfg.get("ddp_find_unused_parameters", False)),
+        gradient_checkpointing=bool(tcfg.get("gradient_checkpointing", False)),
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # reentrant drops grads of a frozen base's inputs
+        **_fsdp_args(tcfg),
         **extra_args,
     )
     optimizers = (None, None)
@@ -212,11 +238,15 @@ def train(cfg: DictConfig) -> dict:
     if groups:  # the Trainer's own optimizer class over the method's groups; it still makes the schedule
         opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
         optimizers = (opt_cls(groups, **opt_kwargs), None)
-    trainer = task.trainer_cls()(
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    trainer_cls = trainer_with_checkpoints(task.trainer_cls(), recorder=recorder, trainable=trainable,
+                                           keep=tcfg.get("keep_checkpoints"),
+                                           nonfinite=str(tcfg.get("nonfinite_loss", "stop")))
+    trainer = trainer_cls(
         model=model, args=args, train_dataset=splits.get("train"), eval_dataset=splits["validation"],
         data_collator=task.collator(tokenizer), processing_class=tokenizer,
         compute_metrics=task.compute_metrics(metric_names, dcfg),
-        callbacks=[recorder], optimizers=optimizers,
+        callbacks=[recorder, *_user_callbacks(tcfg)], optimizers=optimizers,
     )
     for cb in trainer.callback_handler.callbacks:
         if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "logging_dir", None) is None:
@@ -235,7 +265,11 @@ def train(cfg: DictConfig) -> dict:
     train_metrics = {}
     t0 = time.perf_counter()
     if epochs > 0:
-        train_metrics = trainer.train().metrics
+        if world_size() > 1 or trainer.is_fsdp_enabled:
+            _unprepare_after_eval(trainer, model)
+        if resume_from is not None:
+            log.info("resuming from %s", resume_from)
+        train_metrics = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
     train_runtime = time.perf_counter() - t0
     if recorder.best_state is not None:
         with torch.no_grad():
@@ -257,7 +291,7 @@ def train(cfg: DictConfig) -> dict:
             model, method_cfg, lambda: {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()})
     peak_mb, peak_kind = _peak_memory_mb()
 
-    save_adapter(model, out_dir, {
+    adapter_info = {
         "adaptation_type": adaptation_type,
         "method_config": dataclasses.asdict(loaded.method_config) if dataclasses.is_dataclass(loaded.method_config)
         else loaded.method_config,
@@ -271,7 +305,7 @@ def train(cfg: DictConfig) -> dict:
         "label_names": list(dcfg.label_names) if dcfg.get("label_names") else None,
         "text_fields": list(dcfg.get("text_fields") or []),
         "init_from": init_info,
-    })
+    }
     results = {
         "adaptation_type": adaptation_type,
         "model_name": str(mcfg.name_or_path) + (" (tiny random-init)" if mcfg.get("tiny") else ""),
@@ -294,6 +328,9 @@ def train(cfg: DictConfig) -> dict:
         "test_metrics": test_metrics,
         **({"extra_eval_metrics": extra_after, "extra_eval_metrics_before_training": extra_before}
            if extra_eval else {}),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "skipped_nonfinite_steps": trainer.skipped_batches,
+        "world_size": world_size(),
         "train_runtime_s": round(train_runtime, 3),
         "examples_per_s": train_metrics.get("train_samples_per_second"),
         "peak_memory_mb": round(peak_mb, 1),
@@ -304,7 +341,11 @@ def train(cfg: DictConfig) -> dict:
         **method_results,
         "status": "completed",
     }
-    write_json(out_dir / RESULTS, results)
+    if main_process:
+        save_adapter(model, out_dir, adapter_info)
+        write_json(out_dir / RESULTS, results)
+        remove_checkpoints(out_dir)
+    barrier()  # no rank returns before the outputs exist
     tracking.finish(results)
     log.info("best validation %s %.4f at epoch %s; results in %s", metric, best_metric, best_epoch, out_dir / RESULTS)
     return results
@@ -315,3 +356,107 @@ def _versions() -> dict:
 
     return {"lsr_adapt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "numpy": np.__version__}
+
+
+def _per_device_batch(tcfg) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) that keep ``training.batch_size`` the global batch
+    whatever the number of processes: batch_size = per_device × processes × accumulation."""
+    total, accumulation, procs = int(tcfg.batch_size), int(tcfg.get("gradient_accumulation_steps", 1)), world_size()
+    if accumulation < 1 or total % (procs * accumulation):
+        raise LsrAdaptError(f"training.batch_size={total} is not divisible by {procs} process(es) × "
+                            f"training.gradient_accumulation_steps={accumulation}")
+    return total // (procs * accumulation), accumulation
+
+
+def _save_args(tcfg) -> dict:
+    """``training.checkpoint_every``: an optimizer-step count, ``epoch``, or null (no checkpoints)."""
+    every = tcfg.get("checkpoint_every", "epoch")
+    if every in (None, 0, False, "none", "null"):
+        return {"save_strategy": "no"}
+    if str(every) == "epoch":
+        return {"save_strategy": "epoch"}
+    if isinstance(every, int) and every > 0:
+        return {"save_strategy": "steps", "save_steps": every}
+    raise LsrAdaptError(f"training.checkpoint_every={every!r}; valid choices: a positive number of "
+                        f"optimizer steps, epoch, or null (no checkpoints)")
+
+
+def _fsdp_args(tcfg) -> dict:
+    """``training.fsdp``: the Trainer's FSDP option string (e.g. ``full_shard auto_wrap``) or null.
+    ``use_orig_params`` lets FSDP shard modules that mix frozen base and trainable adapter weights."""
+    fsdp = tcfg.get("fsdp")
+    if not fsdp:
+        return {}
+    config = {"use_orig_params": True, **(OmegaConf.to_container(tcfg.fsdp_config, resolve=True)
+                                          if tcfg.get("fsdp_config") else {})}
+    return {"fsdp": str(fsdp), "fsdp_config": config}
+
+
+def _user_callbacks(tcfg) -> list:
+    """``training.callbacks``: TrainerCallback objects from ``{_target_: ...}`` entries (hydra.utils.instantiate)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    out = []
+    for i, spec in enumerate(tcfg.get("callbacks") or []):
+        try:
+            out.append(instantiate(spec))
+        except InstantiationException as e:
+            raise LsrAdaptError(f"training.callbacks[{i}]: {str(e).splitlines()[0]}") from None
+    return out
+
+
+def _resume_checkpoint(cfg, out_dir: Path) -> Path | None:
+    """The checkpoint this run continues from (``training.resume``: auto, a checkpoint dir, or false)."""
+    resume = cfg.training.get("resume", "auto")
+    existing = checkpoint_dirs(out_dir)
+    if resume in (False, None, "false"):
+        if existing:
+            raise LsrAdaptError(f"{out_dir} holds checkpoints of an unfinished run ({existing[0].name}); "
+                                f"continue it with training.resume=auto, or choose another output dir")
+        return None
+    if str(resume) != "auto":
+        from .checkpointing import checkpoint_problem
+
+        ckpt = Path(str(resume))
+        problem = checkpoint_problem(ckpt) if ckpt.is_dir() else "no such directory"
+        if problem:
+            raise LsrAdaptError(f"training.resume={resume}: cannot resume from it: {problem}")
+        return ckpt
+    if not existing:
+        return None
+    previous = out_dir / "config_resolved.yaml"
+    if previous.exists():
+        old = OmegaConf.to_container(OmegaConf.load(previous))
+        new = OmegaConf.to_container(cfg, resolve=True)
+        changed = _changed_keys(old, new)
+        if changed:
+            raise LsrAdaptError(f"{out_dir} holds checkpoints of a run with another config (differs in "
+                                f"{', '.join(changed[:5])}); re-run the same command to resume, or choose "
+                                f"another output dir")
+    ckpt = find_resume_checkpoint(out_dir)
+    if ckpt is None:
+        log.warning("no intact checkpoint in %s: starting from the beginning", out_dir)
+    return ckpt
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            if f"{prefix}{k}" in ("training.resume",):
+                continue
+            out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _unprepare_after_eval(trainer, model) -> None:
+    """Let ``train()`` wrap the model in DDP / FSDP after the evaluation before training.
+
+    ``evaluate()`` on a fresh Trainer has accelerate prepare the model for evaluation and mark it
+    prepared; ``train()`` then skips wrapping it, and each rank would silently train its own replica
+    with unsynchronised gradients (accelerate 1.15, transformers 5.23). Forgetting that preparation
+    makes ``train()`` wrap it as it does when no evaluation came first."""
+    trainer.accelerator._models.clear()
+    model.__dict__.pop("_is_accelerate_prepared", None)
