@@ -3,7 +3,8 @@
 ``trainer_with_checkpoints(base)`` subclasses a task's ``transformers.Trainer`` so that
 
 * a checkpoint (``<run dir>/checkpoint-<step>/``) holds only what training changes: the trainable
-  weights (adapter + head; the frozen base is rebuilt from its own checkpoint), optimizer,
+  weights (adapter + head; the frozen base is rebuilt from its own checkpoint: kilobytes to a few
+  MB instead of the whole model), optimizer,
   scheduler, grad scaler, every rank's RNG states, the Trainer state (global step, so the
   dataloader skips the batches already seen) and lsr-adapt's own state (per-epoch history, the
   best epoch's weights). It is written into ``.tmp-checkpoint-<step>/`` by every rank and renamed
@@ -125,13 +126,45 @@ def remove_checkpoints(run_dir) -> None:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def trainer_with_checkpoints(base: type, *, recorder, trainable: dict, keep: int | None,
+def load_trainable(model, ckpt) -> None:
+    """Put a checkpoint's trainable weights into ``model`` (before the Trainer wraps it in DDP)."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    saved = load_file(ckpt / WEIGHTS)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(trainable):
+        missing, extra = sorted(set(trainable) - set(saved)), sorted(set(saved) - set(trainable))
+        raise LsrAdaptError(f"checkpoint {ckpt} does not fit this run's trainable weights (missing "
+                            f"{missing[:3]}, unexpected {extra[:3]}): it was written by another configuration")
+    with torch.no_grad():
+        for n, t in saved.items():
+            if trainable[n].shape != t.shape:
+                raise LsrAdaptError(f"checkpoint {ckpt}: {n} has shape {list(t.shape)}, this run's "
+                                    f"{list(trainable[n].shape)}: it was written by another configuration")
+            trainable[n].copy_(t)
+
+
+def load_recorder_state(recorder, ckpt) -> list[int]:
+    """Restore the EpochRecorder from a checkpoint; returns the steps whose batch was skipped."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    info = json.loads((ckpt / STATE).read_text())
+    recorder.load_state_dict(info, load_file(ckpt / BEST) if (ckpt / BEST).exists() else None)
+    return list(info.get("skipped_batches", []))
+
+
+def trainer_with_checkpoints(base: type, *, recorder, trainable_names, keep: int | None,
                              nonfinite: str = "stop") -> type:
     """A subclass of the Trainer class ``base`` with the checkpoints and loss check of the module doc.
 
-    ``recorder``: the run's EpochRecorder (its ``state_dict`` / ``load_state_dict`` travel in the
-    checkpoint); ``trainable``: name → parameter of the weights a checkpoint stores.
+    ``recorder``: the run's EpochRecorder (its ``state_dict`` travels in the checkpoint);
+    ``trainable_names``: the parameters a checkpoint stores. Resuming loads those weights and the
+    recorder before the Trainer exists (``load_trainable``, ``load_recorder_state``); the Trainer
+    then restores the optimizer, scheduler, RNG states and its step from the same checkpoint.
     """
+    names = set(trainable_names)
     if nonfinite not in NONFINITE_POLICIES:
         raise LsrAdaptError(f"unknown training.nonfinite_loss {nonfinite!r}; valid choices: "
                             f"{', '.join(NONFINITE_POLICIES)}")
@@ -155,13 +188,9 @@ def trainer_with_checkpoints(base: type, *, recorder, trainable: dict, keep: int
                 shutil.rmtree(tmp, ignore_errors=True)  # a torn one from a killed run
                 tmp.mkdir(parents=True)
             barrier()
-            if self.is_fsdp_enabled:  # sharded parameters: every rank takes part in gathering them
-                full = self.accelerator.get_state_dict(self.model)
-                weights = {n: full[n] for n in trainable if n in full}
-            else:
-                weights = {n: p for n, p in trainable.items()}
             if main:
-                save_file({n: t.detach().to("cpu").contiguous() for n, t in weights.items()}, tmp / WEIGHTS)
+                save_file({n: t.detach().to("cpu").contiguous() for n, t in self.trainable_state().items()},
+                          tmp / WEIGHTS)
             if not self.args.save_only_model:
                 self._save_optimizer_and_scheduler(str(tmp))
                 self._save_scaler(str(tmp))
@@ -186,27 +215,13 @@ def trainer_with_checkpoints(base: type, *, recorder, trainable: dict, keep: int
             self.last_checkpoint = final
             barrier()
 
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
-            from safetensors.torch import load_file
+        def trainable_state(self) -> dict[str, torch.Tensor]:
+            model = self.accelerator.unwrap_model(self.model)
+            return {n: p for n, p in model.named_parameters() if n in names}
 
-            ckpt = Path(resume_from_checkpoint)
-            saved = load_file(ckpt / WEIGHTS)
-            if set(saved) != set(trainable):
-                missing, extra = sorted(set(trainable) - set(saved)), sorted(set(saved) - set(trainable))
-                raise LsrAdaptError(f"checkpoint {ckpt} does not fit this run's trainable weights "
-                                    f"(missing {missing[:3]}, unexpected {extra[:3]}); it was written by "
-                                    f"another configuration: use another output dir or training.resume=false")
-            with torch.no_grad():
-                for n, t in saved.items():
-                    if trainable[n].shape != t.shape:
-                        raise LsrAdaptError(f"checkpoint {ckpt}: {n} has shape {list(t.shape)}, this run's "
-                                            f"{list(trainable[n].shape)}; use another output dir")
-                    trainable[n].copy_(t)
-            info = json.loads((ckpt / STATE).read_text())
-            best = load_file(ckpt / BEST) if (ckpt / BEST).exists() else None
-            recorder.load_state_dict(info, best)
-            self.skipped_batches = list(info.get("skipped_batches", []))
-            self.last_checkpoint = ckpt
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+            # the weights were loaded before the Trainer wrapped the model (load_trainable)
+            self.last_checkpoint = Path(resume_from_checkpoint)
 
         # -- non-finite losses ---------------------------------------------------------------------
         def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
@@ -225,8 +240,8 @@ def trainer_with_checkpoints(base: type, *, recorder, trainable: dict, keep: int
             log.warning("non-finite training loss at step %d: batch skipped (training.nonfinite_loss=skip)", step)
             self.skipped_batches.append(step)
             # zero gradients for every trainable weight; the NaN never reaches backward
-            zero = sum((p.reshape(-1)[:1] * 0.0).sum() for p in trainable.values())
-            loss = zero.to(loss.dtype) if torch.is_tensor(zero) else loss.new_zeros(())
+            params = [p for n, p in model.named_parameters() if p.requires_grad]
+            loss = sum((p.reshape(-1)[:1] * 0.0).sum() for p in params).to(loss.dtype)
             return (loss, *out[1:]) if return_outputs else loss
 
     CheckpointingTrainer.__name__ = f"Checkpointing{base.__name__}"

@@ -1,6 +1,6 @@
 """Multi-process launches (``torchrun`` / ``accelerate launch``): who writes, and one run dir for all.
 
-The Trainer (through accelerate) owns the process group, DDP/FSDP wrapping, distributed samplers
+The Trainer (through accelerate) owns the process group, DDP wrapping, distributed samplers
 and the gathering of evaluation outputs; this module only covers what sits outside it:
 
 * the rank of this process, read from the launcher's environment before any process group exists

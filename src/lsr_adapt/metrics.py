@@ -97,3 +97,18 @@ def compute(names, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     regression = logits.ndim == 1 or logits.shape[-1] == 1
     pred = logits.reshape(-1) if regression else logits.argmax(-1)
     return {n: METRICS[n](pred, np.asarray(labels)) for n in names}
+
+
+def mean_loss(logits, labels) -> float:
+    """The model's own loss over every example: cross-entropy (classification) or MSE (one output).
+
+    Reported as the evaluation loss: the Trainer's is a mean of per-batch means, in which the
+    padding examples that even out a split over DDP ranks weigh in; this is computed from the
+    gathered predictions, which are exactly the dataset's examples."""
+    logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    if logits.ndim == 1 or logits.shape[-1] == 1:
+        return float(np.mean((logits.reshape(-1) - labels.astype(np.float64)) ** 2))
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return float(-np.mean(log_probs[np.arange(len(labels)), labels.astype(np.int64)]))

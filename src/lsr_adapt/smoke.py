@@ -79,8 +79,11 @@ def tiny_checkpoint(family: str) -> Path:
 
         tokenizer = tiny_tokenizer()
         config = AutoConfig.for_model(family, vocab_size=len(tokenizer), **TINY_CONFIGS[family])
-        torch.manual_seed(0)
-        AutoModel.from_config(config).save_pretrained(tmp)
+        # its own seed, without moving the caller's RNG: a run that builds the cache must draw the
+        # same adapter init and dropout masks as one that finds it built
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            AutoModel.from_config(config).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     return publish_dir(build, cache_dir() / "tiny-models" / family, if_exists="keep")

@@ -21,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__
 from .adapters import adapter_layers, get_method
 from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, freeze_adapter, init_from_run, save_adapter
-from .checkpointing import checkpoint_dirs, find_resume_checkpoint, remove_checkpoints, trainer_with_checkpoints
+from .checkpointing import (
+    checkpoint_dirs,
+    find_resume_checkpoint,
+    load_recorder_state,
+    load_trainable,
+    remove_checkpoints,
+    trainer_with_checkpoints,
+)
 from .distributed import barrier, is_main_process, world_size
 from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
@@ -86,6 +93,7 @@ def _make_callback(model, metric: str, higher: bool = True):
         def __init__(self):
             self.active = False
             self.history, self.best, self.best_epoch, self.best_state = [], None, None, None
+            self.before = None  # the evaluations before training (kept in checkpoints: a resumed run has moved on)
             self.t0, self.elapsed_before = time.perf_counter(), 0.0  # elapsed_before: time spent before a resume
 
         def on_train_begin(self, args, state, control, **kw):
@@ -108,10 +116,12 @@ def _make_callback(model, metric: str, higher: bool = True):
 
         def state_dict(self) -> tuple[dict, dict | None]:
             """What a checkpoint keeps of this recorder: (JSON-able info, the best epoch's weights)."""
-            return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch}, self.best_state
+            return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch,
+                    "before": self.before}, self.best_state
 
         def load_state_dict(self, info: dict, best_state: dict | None) -> None:
             self.history, self.best, self.best_epoch = list(info["history"]), info["best"], info["best_epoch"]
+            self.before = info["before"]
             self.best_state = best_state
             self.elapsed_before = self.history[-1]["elapsed_s"] if self.history else 0.0
 
@@ -228,9 +238,8 @@ def train(cfg: DictConfig) -> dict:
         # every adapter uses all its trainable weights in every step (DyLoRA masks rows instead of
         # slicing them), so DDP need not search the graph for unused ones
         ddp_find_unused_parameters=bool(tcfg.get("ddp_find_unused_parameters", False)),
-        gradient_checkpointing=bool(tcfg.get("gradient_checkpointing", False)),
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # reentrant drops grads of a frozen base's inputs
-        **_fsdp_args(tcfg),
+        activation_checkpointing=bool(tcfg.get("gradient_checkpointing", False)),
+        activation_checkpointing_kwargs={"use_reentrant": False},  # reentrant drops grads of a frozen base's inputs
         **extra_args,
     )
     optimizers = (None, None)
@@ -238,8 +247,12 @@ def train(cfg: DictConfig) -> dict:
     if groups:  # the Trainer's own optimizer class over the method's groups; it still makes the schedule
         opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
         optimizers = (opt_cls(groups, **opt_kwargs), None)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    trainer_cls = trainer_with_checkpoints(task.trainer_cls(), recorder=recorder, trainable=trainable,
+    trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
+    skipped = []
+    if resume_from is not None:  # before the Trainer wraps the model in DDP
+        load_trainable(model, resume_from)
+        skipped = load_recorder_state(recorder, resume_from)
+    trainer_cls = trainer_with_checkpoints(task.trainer_cls(), recorder=recorder, trainable_names=trainable_names,
                                            keep=tcfg.get("keep_checkpoints"),
                                            nonfinite=str(tcfg.get("nonfinite_loss", "stop")))
     trainer = trainer_cls(
@@ -248,6 +261,7 @@ def train(cfg: DictConfig) -> dict:
         compute_metrics=task.compute_metrics(metric_names, dcfg),
         callbacks=[recorder, *_user_callbacks(tcfg)], optimizers=optimizers,
     )
+    trainer.skipped_batches = skipped
     for cb in trainer.callback_handler.callbacks:
         if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "logging_dir", None) is None:
             # else the evaluation before training opens its writer in ./runs of the current directory
@@ -255,17 +269,19 @@ def train(cfg: DictConfig) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
-    before = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    if recorder.before is None:
+        before = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+        log.info("validation %s before training: %.4f", metric, before[metric])
+        if init_info is not None:  # a continued run keeps its starting weights unless an epoch beats them
+            recorder.consider(before[metric], 0)
+        recorder.before = {"metrics": before, "extra": evaluate_extra(trainer, extra_eval, metric_names)}
+    before, extra_before = recorder.before["metrics"], recorder.before["extra"]
     metric_before = before[metric]
-    log.info("validation %s before training: %.4f", metric, metric_before)
-    if init_info is not None:  # a continued run keeps its starting weights unless an epoch beats them
-        recorder.consider(metric_before, 0)
-    extra_before = evaluate_extra(trainer, extra_eval, metric_names)
 
     train_metrics = {}
     t0 = time.perf_counter()
     if epochs > 0:
-        if world_size() > 1 or trainer.is_fsdp_enabled:
+        if world_size() > 1:
             _unprepare_after_eval(trainer, model)
         if resume_from is not None:
             log.info("resuming from %s", resume_from)
@@ -381,17 +397,6 @@ def _save_args(tcfg) -> dict:
                         f"optimizer steps, epoch, or null (no checkpoints)")
 
 
-def _fsdp_args(tcfg) -> dict:
-    """``training.fsdp``: the Trainer's FSDP option string (e.g. ``full_shard auto_wrap``) or null.
-    ``use_orig_params`` lets FSDP shard modules that mix frozen base and trainable adapter weights."""
-    fsdp = tcfg.get("fsdp")
-    if not fsdp:
-        return {}
-    config = {"use_orig_params": True, **(OmegaConf.to_container(tcfg.fsdp_config, resolve=True)
-                                          if tcfg.get("fsdp_config") else {})}
-    return {"fsdp": str(fsdp), "fsdp_config": config}
-
-
 def _user_callbacks(tcfg) -> list:
     """``training.callbacks``: TrainerCallback objects from ``{_target_: ...}`` entries (hydra.utils.instantiate)."""
     from hydra.errors import InstantiationException
@@ -440,11 +445,17 @@ def _resume_checkpoint(cfg, out_dir: Path) -> Path | None:
     return ckpt
 
 
+# settings a resumed run may change: they do not touch what was trained so far
+RESUME_MAY_CHANGE = {"training.resume", "training.callbacks", "training.keep_checkpoints", "training.checkpoint_every",
+                     "training.nonfinite_loss", "training.report_to", "training.logging_steps",
+                     "training.dataloader_num_workers", "logger"}
+
+
 def _changed_keys(old, new, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new), key=str):
-            if f"{prefix}{k}" in ("training.resume",):
+            if f"{prefix}{k}" in RESUME_MAY_CHANGE:
                 continue
             out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
@@ -452,7 +463,7 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
 
 
 def _unprepare_after_eval(trainer, model) -> None:
-    """Let ``train()`` wrap the model in DDP / FSDP after the evaluation before training.
+    """Let ``train()`` wrap the model in DDP after the evaluation before training.
 
     ``evaluate()`` on a fresh Trainer has accelerate prepare the model for evaluation and mark it
     prepared; ``train()`` then skips wrapping it, and each rank would silently train its own replica

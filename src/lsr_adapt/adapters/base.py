@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import LsrAdaptError
+
 try:  # GPT-2 style models use Conv1D (y = x @ W + b with W stored in × out)
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a hard dependency
@@ -98,8 +100,9 @@ class AdapterLayer(nn.Module):
             return
         weight = self.base_layer.weight
         delta = self.delta_weight().to(weight.dtype)
-        if not torch.isfinite(delta).all():
-            raise ValueError(f"refusing to merge a non-finite ΔW into a {self.out_features}×{self.in_features} layer")
+        if not torch.isfinite(delta).all():  # NaN/inf would poison the base weight for good
+            raise LsrAdaptError(f"refusing to merge a non-finite ΔW (NaN/inf) into a "
+                                f"{self.out_features}×{self.in_features} layer; the adapter weights are not finite")
         self._unmerged_weight = weight.data
         weight.data = weight.data + (delta.T if self.fan_in_fan_out else delta)
         self.merged = True

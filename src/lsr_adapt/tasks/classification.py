@@ -29,9 +29,10 @@ def _collator(tokenizer):
 
 
 def _compute_metrics(names, data_cfg=None):
-    from ..metrics import compute
+    from ..metrics import compute, mean_loss
 
-    return lambda p: compute(names, p.predictions, p.label_ids)
+    # "loss" replaces the Trainer's eval_loss (a mean of batch means, off under DDP's uneven splits)
+    return lambda p: {**compute(names, p.predictions, p.label_ids), "loss": mean_loss(p.predictions, p.label_ids)}
 
 
 def _trainer_cls():

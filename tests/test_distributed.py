@@ -1,0 +1,131 @@
+"""Multi-process training on CPU (torchrun, gloo): same result as one process, rank 0 writes, one run dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, run_train
+
+from lsr_adapt import LsrAdaptError
+from lsr_adapt.distributed import hydra_overrides_for_rank
+
+TORCHRUN = shutil.which("torchrun")
+# dropout off: the two ranks' masks cannot match one process's; 61 validation examples do not split
+# evenly over 2 ranks, so a duplicated or dropped example would change the metrics
+EXACT = ["experiment=smoke", "logger=none", "training.num_train_epochs=2", "training.disable_dropout=true",
+         "data.synthetic_sizes={train:512,validation:61,test:64}"]
+
+
+def _launch(cwd: Path, nproc: int, *overrides: str) -> subprocess.CompletedProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    if nproc == 1:
+        command = [sys.executable, str(ROOT / "main.py")]
+    else:
+        command = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "main.py")]
+    out = subprocess.run([*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _run_dir(cwd: Path) -> Path:
+    """The one run dir Hydra made under ``cwd/outputs/<date>/<time>``."""
+    dirs = [d for d in (cwd / "outputs").glob("*/*") if d.is_dir()]
+    assert len(dirs) == 1, dirs  # every rank wrote into rank 0's dir
+    return dirs[0]
+
+
+def _compare(one: Path, two: Path) -> None:
+    from safetensors.torch import load_file
+
+    a, b = load_file(one / "adapter_model.safetensors"), load_file(two / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert (ra["world_size"], rb["world_size"]) == (1, 2)
+    assert [e["step"] for e in ra["eval_history"]] == [e["step"] for e in rb["eval_history"]]  # global batch kept
+    for ea, eb in zip(ra["eval_history"], rb["eval_history"], strict=True):
+        assert ea["accuracy"] == eb["accuracy"] and ea["loss"] == pytest.approx(eb["loss"], abs=1e-4)
+    assert ra["test_metrics"]["accuracy"] == rb["test_metrics"]["accuracy"]
+
+
+METHODS = ["roberta_lora", "roberta_lsr", "roberta_dylora", "roberta_lora_fa", "roberta_dora"]
+SLOW_METHODS = ["roberta_lora_plus", "roberta_rslora", "roberta_full", "roberta_head"]
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+@pytest.mark.parametrize("model", METHODS + [pytest.param(m, marks=pytest.mark.slow) for m in SLOW_METHODS])
+def test_torchrun_two_processes_match_one_process(tmp_path, model):
+    """The issue's test: `torchrun --nproc_per_node 2` (gloo) == one process with the same global batch."""
+    _launch(tmp_path / "one", 1, *EXACT, f"model={model}")
+    _launch(tmp_path / "two", 2, *EXACT, f"model={model}")
+    one, two = _run_dir(tmp_path / "one"), _run_dir(tmp_path / "two")
+    _compare(one, two)
+    assert len(list(two.rglob(".hydra"))) == 1 and len(list(two.rglob("*.log"))) == 1  # rank 0's only
+    assert not list(two.glob("checkpoint-*"))
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_torchrun_with_gradient_accumulation_and_checkpointing(tmp_path):
+    """2 processes × 2 accumulation steps × 4 per device == one process with batch 16; checkpoints
+    (every rank's RNG file) and non-reentrant activation checkpointing work under DDP too."""
+    extra = ["model=roberta_lsr", "training.checkpoint_every=8", "training.gradient_checkpointing=true"]
+    _launch(tmp_path / "one", 1, *EXACT, "model=roberta_lsr")
+    cfg = [*EXACT, *extra, "training.gradient_accumulation_steps=2", "hydra.run.dir=two",
+           "training.callbacks=[{_target_:faults.KillAtStep,step:20}]"]
+    env_kill = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(ROOT / "main.py"), *cfg],
+                              cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "LSR_TEST_KILL": "1",
+                                                 "PYTHONPATH": str(ROOT / "tests")},
+                              capture_output=True, text=True, timeout=600)
+    assert env_kill.returncode != 0  # both ranks are gone: torchrun reports the killed worker
+    two = tmp_path / "two"
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in (two / "checkpoint-16").iterdir()}
+    _launch(tmp_path, 2, *cfg)  # the same command resumes
+    assert json.loads((two / "results.json").read_text())["resumed_from"].endswith("checkpoint-16")
+    _compare(_run_dir(tmp_path / "one"), two)
+
+
+def test_gradient_accumulation_keeps_the_global_batch(tmp_path):
+    """One process, batch 16 as 2 × 8: the same weights as 1 × 16 (the classification loss is a mean)."""
+    from safetensors.torch import load_file
+
+    exact = [o for o in EXACT[1:] if not o.startswith("data.")]
+    run_train(tmp_path / "a", *exact)
+    run_train(tmp_path / "b", *exact, "training.gradient_accumulation_steps=2")
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in "ab")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["roberta_lora", "roberta_lsr", "roberta_dylora", "roberta_dora", "roberta_lora_fa"])
+def test_non_reentrant_gradient_checkpointing_changes_nothing_but_memory(tmp_path, model):
+    from safetensors.torch import load_file
+
+    exact = [o for o in EXACT[1:] if not o.startswith("data.")] + [f"model={model}", "training.num_train_epochs=1"]
+    run_train(tmp_path / "plain", *exact)
+    run_train(tmp_path / "ckpt", *exact, "training.gradient_checkpointing=true",
+              "training.callbacks=[{_target_:faults.RequireGradientCheckpointing}]")
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("plain", "ckpt"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_global_batch_must_divide_evenly(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(LsrAdaptError, match=r"batch_size=16 is not divisible by 3 process\(es\) × .*=1"):
+        run_train(tmp_path, "training.num_train_epochs=1")
+
+
+def test_only_rank_0_writes_hydra_files(monkeypatch):
+    argv = ["model=roberta_lsr"]
+    assert hydra_overrides_for_rank(argv) == argv
+    monkeypatch.setenv("RANK", "1")
+    assert hydra_overrides_for_rank(argv) == [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
