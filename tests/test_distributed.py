@@ -20,6 +20,7 @@ TORCHRUN = shutil.which("torchrun")
 # dropout off: the two ranks' masks cannot match one process's; 61 validation examples do not split
 # evenly over 2 ranks, so a duplicated or dropped example would change the metrics
 EXACT = ["experiment=smoke", "logger=none", "training.num_train_epochs=2", "training.disable_dropout=true",
+         "training.learning_rate=2e-3",  # smoke's 1e-2 (×16 for LoRA+'s B) amplifies float-order noise
          "data.synthetic_sizes={train:512,validation:61,test:64}"]
 
 
@@ -48,6 +49,10 @@ def _compare(one: Path, two: Path) -> None:
     a, b = load_file(one / "adapter_model.safetensors"), load_file(two / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
+        if k.endswith("attention.self.key.bias"):
+            # its true gradient is 0 (softmax ignores a shift shared by all keys); Adam turns the float
+            # noise it gets into lr-sized steps whose signs depend on summation order
+            continue
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert (ra["world_size"], rb["world_size"]) == (1, 2)
@@ -129,3 +134,21 @@ def test_only_rank_0_writes_hydra_files(monkeypatch):
     assert hydra_overrides_for_rank(argv) == argv
     monkeypatch.setenv("RANK", "1")
     assert hydra_overrides_for_rank(argv) == [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+
+
+@pytest.mark.parametrize("command", [
+    "model=roberta_lsr data=sst2",
+    "model=roberta_full data=mnli hydra.run.dir=runs/mnli-full",
+    "-m hydra/launcher=slurm hydra.launcher.partition=gpu model=roberta_lora,roberta_lsr training.seed=0,1,2",
+])
+def test_readme_scale_out_commands_compose(command):
+    """The README's torchrun / accelerate / Slurm lines, after `main.py`, compose as each of their jobs."""
+    from itertools import product
+
+    from conftest import compose
+
+    args = [a for a in command.split() if not a.startswith("-")]
+    sweeps = [[f"{a.split('=')[0]}={v}" for v in a.split("=", 1)[1].split(",")] for a in args]
+    for job in product(*sweeps):
+        cfg = compose(*[a for a in job if not a.startswith("hydra")])
+        assert cfg.training.batch_size == 16 and cfg.training.resume == "auto"

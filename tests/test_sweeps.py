@@ -242,3 +242,75 @@ def test_slurm_launcher_end_to_end_on_a_stub_cluster(tmp_path):
     results = job_results(sweep)
     assert sorted(r["adaptation_type"] for r in results.values()) == ["lora", "lsr"]
     assert all((sweep / name / ".hydra").is_dir() for name in results)
+
+
+FAKE_PREEMPTING_RUNNER = '''#!{python}
+"""Like fake_runner, but pre-empts each array task once: when the task's first checkpoint is on disk
+it sends SIGUSR2 (Slurm's warning signal, sbatch --signal) to the task's process; submitit then
+checkpoints the job and calls `scontrol requeue`, and the task runs again, as Slurm would rerun it."""
+import os, re, signal, subprocess, sys, time
+from pathlib import Path
+import psutil
+jid, n, script = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+state, sweep = Path(os.environ["FAKE_SLURM_STATE"]), Path(os.environ["FAKE_SWEEP_DIR"])
+text = script.read_text()
+out_pattern = re.search(r"#SBATCH --output=(\\S+)", text).group(1)
+for i in range(n):
+    task = f"{{jid}}_{{i}}"
+    out = Path(out_pattern.replace("%A", jid).replace("%a", str(i)))
+    deadline = time.time() + 120
+    while not (out.parent / f"{{task}}_submitted.pkl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    env = {{**os.environ, "SLURM_JOB_ID": str(int(jid) * 100 + i), "SLURM_ARRAY_JOB_ID": jid,
+           "SLURM_ARRAY_TASK_ID": str(i), "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost"}}
+    for attempt in range(2):
+        (state / task).write_text("RUNNING")
+        with open(out, "a") as log, open(str(out).replace(".out", ".err"), "a") as err:
+            proc = subprocess.Popen(["bash", str(script)], env=env, stdout=log, stderr=err)
+            while attempt == 0 and proc.poll() is None:
+                if list((sweep / str(i)).glob("checkpoint-*/manifest.json")):
+                    for child in psutil.Process(proc.pid).children(recursive=True):
+                        child.send_signal(signal.SIGUSR2)
+                    (state / f"preempted_{{task}}").write_text("")
+                    break
+                time.sleep(0.05)
+            rc = proc.wait()
+        if not (state / f"requeue_{{task}}").exists() or attempt == 1:
+            break
+    (state / task).write_text("COMPLETED" if rc == 0 else "FAILED")
+'''
+
+FAKE_SCONTROL = '''#!{python}
+import os, sys
+from pathlib import Path
+assert sys.argv[1] == "requeue", sys.argv
+(Path(os.environ["FAKE_SLURM_STATE"]) / f"requeue_{{sys.argv[2]}}").write_text("")
+'''
+
+
+@pytest.mark.slow
+def test_slurm_preempted_task_requeues_and_resumes_from_its_checkpoint(tmp_path):
+    """hydra/launcher=slurm on the stub cluster, each array task pre-empted once after its first
+    checkpoint: submitit requeues it, and the rerun continues from that checkpoint to the end."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("fake_runner", FAKE_PREEMPTING_RUNNER), ("sacct", FAKE_SACCT),
+                       ("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text.format(python=sys.executable) if text is not FAKE_SRUN else text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    sweep, state = tmp_path / "slurm", tmp_path / "state"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_SLURM_STATE": str(state), "FAKE_SWEEP_DIR": str(sweep)}
+    out = subprocess.run([sys.executable, "main.py", "-m", "experiment=smoke", "hydra/launcher=slurm",
+                          "hydra.launcher.gpus_per_node=null", "model=roberta_lora,roberta_lsr",
+                          f"hydra.sweep.dir={sweep}", "training.report_to=none", "training.num_train_epochs=20"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert sorted(p.name for p in state.glob("requeue_*")) == ["requeue_1000_0", "requeue_1000_1"]
+    results = job_results(sweep)
+    assert sorted(results) == ["0", "1"]
+    for r in results.values():
+        assert r["resumed_from"] is not None and "checkpoint-" in r["resumed_from"]
+        assert [e["epoch"] for e in r["eval_history"]] == list(range(1, 21))  # nothing lost, nothing twice
