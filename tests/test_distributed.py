@@ -17,6 +17,7 @@ from lsr_adapt import LsrAdaptError
 from lsr_adapt.distributed import hydra_overrides_for_rank
 
 TORCHRUN = shutil.which("torchrun")
+ACCELERATE = shutil.which("accelerate")
 # dropout off: the two ranks' masks cannot match one process's; 61 validation examples do not split
 # evenly over 2 ranks, so a duplicated or dropped example would change the metrics
 EXACT = ["experiment=smoke", "logger=none", "training.num_train_epochs=2", "training.disable_dropout=true",
@@ -24,11 +25,14 @@ EXACT = ["experiment=smoke", "logger=none", "training.num_train_epochs=2", "trai
          "data.synthetic_sizes={train:512,validation:61,test:64}"]
 
 
-def _launch(cwd: Path, nproc: int, *overrides: str) -> subprocess.CompletedProcess:
+def _launch(cwd: Path, nproc: int, *overrides: str, launcher: str = "torchrun") -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
     if nproc == 1:
         command = [sys.executable, str(ROOT / "main.py")]
+    elif launcher == "accelerate":  # --multi_gpu is accelerate's multi-process DDP; on CPU it uses gloo
+        command = [ACCELERATE, "launch", "--multi_gpu", f"--num_processes={nproc}", "--num_machines=1",
+                   "--mixed_precision=no", "--dynamo_backend=no", str(ROOT / "main.py")]
     else:
         command = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "main.py")]
     out = subprocess.run([*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -53,7 +57,8 @@ def _compare(one: Path, two: Path) -> None:
             # its true gradient is 0 (softmax ignores a shift shared by all keys); Adam turns the float
             # noise it gets into lr-sized steps whose signs depend on summation order
             continue
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+        # float-order noise over 64 Adam steps stays below 5e-5; unsynchronised gradients give ~1e-1
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=5e-5, msg=k)
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert (ra["world_size"], rb["world_size"]) == (1, 2)
     assert [e["step"] for e in ra["eval_history"]] == [e["step"] for e in rb["eval_history"]]  # global batch kept
@@ -63,7 +68,7 @@ def _compare(one: Path, two: Path) -> None:
 
 
 METHODS = ["roberta_lora", "roberta_lsr", "roberta_dylora", "roberta_lora_fa", "roberta_dora"]
-SLOW_METHODS = ["roberta_lora_plus", "roberta_rslora", "roberta_full", "roberta_head"]
+SLOW_METHODS = ["roberta_lora_plus", "roberta_lsr_plus", "roberta_rslora", "roberta_full", "roberta_head"]
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
@@ -76,6 +81,13 @@ def test_torchrun_two_processes_match_one_process(tmp_path, model):
     _compare(one, two)
     assert len(list(two.rglob(".hydra"))) == 1 and len(list(two.rglob("*.log"))) == 1  # rank 0's only
     assert not list(two.glob("checkpoint-*"))
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="accelerate not on PATH")
+def test_accelerate_launch_two_processes_match_one_process(tmp_path):
+    _launch(tmp_path / "one", 1, *EXACT, "model=roberta_lsr")
+    _launch(tmp_path / "two", 2, *EXACT, "model=roberta_lsr", launcher="accelerate")
+    _compare(_run_dir(tmp_path / "one"), _run_dir(tmp_path / "two"))
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
