@@ -24,9 +24,12 @@ def _weights(run_dir: Path) -> dict:
     return load_file(run_dir / "adapter_model.safetensors")
 
 
-def _same_run(a: dict, b: dict) -> None:
-    """Same metrics epoch by epoch and on the test split (wall-clock fields aside)."""
-    strip = [[{k: v for k, v in e.items() if k != "elapsed_s"} for e in r["eval_history"]] for r in (a, b)]
+def _same_run(a: dict, b: dict, logged_loss: bool = True) -> None:
+    """Same metrics epoch by epoch and on the test split (wall-clock fields aside). ``logged_loss``
+    False: the Trainer's running training loss is not compared (it restarts its averaging window at
+    a resume, so a resume between two logging steps changes the mean logged at the next one)."""
+    skip = {"elapsed_s"} if logged_loss else {"elapsed_s", "train_loss"}
+    strip = [[{k: v for k, v in e.items() if k not in skip} for e in r["eval_history"]] for r in (a, b)]
     assert strip[0] == strip[1]
     assert a["test_metrics"] == b["test_metrics"] and a["best_epoch"] == b["best_epoch"]
     assert a["metric_before_training"] == b["metric_before_training"]
@@ -185,3 +188,19 @@ def test_merge_refuses_a_non_finite_delta():
     with pytest.raises(LsrAdaptError, match="non-finite"):
         layer.merge()
     assert not layer.merged and torch.equal(layer.base_layer.weight, before)
+
+
+def test_resume_from_an_earlier_run_dir_into_a_new_one(tmp_path):
+    """With timestamped run dirs, `training.resume=<the killed run's dir>` continues it in a new dir."""
+    whole = run_train(tmp_path / "whole", *SMOKE[1:])
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError):
+        run_train(crashed, *SMOKE[1:], "training.callbacks=[{_target_:faults.CrashAtStep,step:27}]")
+    resumed = run_train(tmp_path / "next", *SMOKE[1:], f"training.resume={crashed}")
+    assert resumed["resumed_from"] == str(crashed / "checkpoint-25")
+    _same_run(resumed, whole, logged_loss=False)  # step 25 is between logging steps 24 and 32
+    wa, wb = _weights(tmp_path / "next"), _weights(tmp_path / "whole")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+    with pytest.raises(LsrAdaptError, match="another config"):
+        run_train(tmp_path / "other", *SMOKE[1:], "training.seed=1", f"training.resume={crashed / 'checkpoint-25'}")

@@ -15,8 +15,12 @@ class ReportOnMultirunEnd(Callback):
     """After a ``--multirun`` (e.g. ``experiment=demo``), run ``python -m lsr_adapt.report`` on the sweep dir."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from .distributed import is_main_process
         from .errors import LsrAdaptError
         from .report import build_report
+
+        if not is_main_process():  # a sweep under torchrun: rank 0 writes the report
+            return
 
         sweep_dir = Path(config.hydra.sweep.dir)
         try:

@@ -22,7 +22,9 @@ from . import __version__
 from .adapters import adapter_layers, get_method
 from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, freeze_adapter, init_from_run, save_adapter
 from .checkpointing import (
+    MANIFEST,
     checkpoint_dirs,
+    checkpoint_problem,
     find_resume_checkpoint,
     load_recorder_state,
     load_trainable,
@@ -412,7 +414,8 @@ def _user_callbacks(tcfg) -> list:
 
 
 def _resume_checkpoint(cfg, out_dir: Path) -> Path | None:
-    """The checkpoint this run continues from (``training.resume``: auto, a checkpoint dir, or false)."""
+    """The checkpoint this run continues from. ``training.resume``: ``auto`` (this run dir's newest
+    intact checkpoint, if any), a checkpoint dir, an earlier run dir (its newest intact one), or false."""
     resume = cfg.training.get("resume", "auto")
     existing = checkpoint_dirs(out_dir)
     if resume in (False, None, "false"):
@@ -421,32 +424,45 @@ def _resume_checkpoint(cfg, out_dir: Path) -> Path | None:
                                 f"continue it with training.resume=auto, or choose another output dir")
         return None
     if str(resume) != "auto":
-        from .checkpointing import checkpoint_problem
-
-        ckpt = Path(str(resume))
-        problem = checkpoint_problem(ckpt) if ckpt.is_dir() else "no such directory"
-        if problem:
-            raise LsrAdaptError(f"training.resume={resume}: cannot resume from it: {problem}")
+        path = Path(str(resume))
+        if (path / MANIFEST).exists():  # one checkpoint
+            problem = checkpoint_problem(path)
+            if problem:
+                raise LsrAdaptError(f"training.resume={resume}: cannot resume from it: {problem}")
+            _check_same_config(cfg, path.parent)
+            return path
+        if not checkpoint_dirs(path):
+            raise LsrAdaptError(f"training.resume={resume}: no such directory, or neither a checkpoint nor "
+                                f"a run dir holding checkpoints; valid: auto, false, or such a path")
+        _check_same_config(cfg, path)
+        ckpt = find_resume_checkpoint(path)
+        if ckpt is None:
+            raise LsrAdaptError(f"training.resume={resume}: none of its checkpoints is intact")
         return ckpt
     if not existing:
         return None
-    previous = out_dir / "config_resolved.yaml"
-    if previous.exists():
-        old = OmegaConf.to_container(OmegaConf.load(previous))
-        new = OmegaConf.to_container(cfg, resolve=True)
-        changed = _changed_keys(old, new)
-        if changed:
-            raise LsrAdaptError(f"{out_dir} holds checkpoints of a run with another config (differs in "
-                                f"{', '.join(changed[:5])}); re-run the same command to resume, or choose "
-                                f"another output dir")
+    _check_same_config(cfg, out_dir)
     ckpt = find_resume_checkpoint(out_dir)
     if ckpt is None:
         log.warning("no intact checkpoint in %s: starting from the beginning", out_dir)
     return ckpt
 
 
+def _check_same_config(cfg, run_dir: Path) -> None:
+    """Refuse to continue a run that was started with a different config (``config_resolved.yaml``)."""
+    previous = run_dir / "config_resolved.yaml"
+    if not previous.exists():
+        return
+    changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(previous)),
+                            OmegaConf.to_container(cfg, resolve=True))
+    if changed:
+        raise LsrAdaptError(f"{run_dir} holds checkpoints of a run with another config (differs in "
+                            f"{', '.join(changed[:5])}); re-run the same command to resume, or choose "
+                            f"another output dir")
+
+
 # settings a resumed run may change: they do not touch what was trained so far
-RESUME_MAY_CHANGE = {"training.resume", "training.callbacks", "training.keep_checkpoints", "training.checkpoint_every",
+RESUME_MAY_CHANGE = {"training.resume", "output_dir", "training.callbacks", "training.keep_checkpoints", "training.checkpoint_every",
                      "training.nonfinite_loss", "training.report_to", "training.logging_steps",
                      "training.dataloader_num_workers", "logger"}
 
