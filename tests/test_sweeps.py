@@ -49,7 +49,7 @@ def test_optuna_search_two_trials(tmp_path):
                                         "model.lsr.alpha"}
     for r in results.values():  # every trial ran with values drawn from conf/hparams_search/optuna.yaml
         mc = r["method_config"]
-        assert mc["r"] in (1, 2, 4) and mc["num_terms"] in (4, 8, 16, 32) and 0.5 <= mc["alpha"] <= 8.0
+        assert mc["r"] in (1, 2, 4) and mc["num_terms"] in (4, 8, 16, 32) and 4.0 <= mc["alpha"] <= 256.0
         assert 1e-4 <= r["learning_rate"] <= 3e-2
     winner = max(results.values(), key=lambda r: r["best_metric"])
     assert winner["method_config"]["num_terms"] == best["best_params"]["model.lsr.num_terms"]
@@ -68,7 +68,7 @@ def test_search_space_follows_the_method():
     assert lora == {"model.lora.r": CategoricalDistribution([2, 4, 8, 16]),
                     "model.lora.alpha": CategoricalDistribution([4, 8, 16, 32])}
     lsr = method_space(compose("hparams_search=optuna", "model=roberta_lsr"))
-    assert lsr["model.lsr.alpha"] == LogUniformDistribution(0.5, 8.0)
+    assert lsr["model.lsr.alpha"] == LogUniformDistribution(4.0, 256.0)
     assert set(lsr) == {"model.lsr.r", "model.lsr.num_terms", "model.lsr.alpha"}
     with pytest.raises(LsrAdaptError, match="no search space for adaptation_type 'lsr'"):
         method_space(compose("hparams_search=optuna", "model=roberta_lsr", "~hparams_search.spaces.lsr"))

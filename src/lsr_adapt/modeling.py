@@ -148,7 +148,7 @@ def load_lora_model(name_or_path: str = "roberta-base", num_labels: int = 2, tar
 
 
 def load_lsr_model(name_or_path: str = "roberta-base", num_labels: int = 2, target_modules=None, r: int = 2,
-                   num_terms: int = 16, alpha: float = 8.0, dropout: float = 0.0, form: str = "sum",
+                   num_terms: int = 16, alpha: float = 64.0, dropout: float = 0.0, form: str = "sum",
                    path: str = "auto", in_factors=None, out_factors=None):
     """Load a HF classifier + tokenizer, wrap ``target_modules`` with LSR, freeze the rest but the head."""
     return _load_with_method("lsr", name_or_path, num_labels, target_modules,

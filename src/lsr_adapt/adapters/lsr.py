@@ -24,8 +24,10 @@ passes against the dense path's extra weight-gradient GEMM), else dense. No dens
 Initialisation and scaling: A₁ ~ N(0, 1/d₁), A₂ ~ N(0, 1/d₂), B₁ ~ N(0, 1), B₂ = 0 (so ΔW = 0 at
 the start and B₂ receives the first gradient). With s = α/(r·√t) (sum) or α/(r·t) (product), the
 first Adam step changes each entry of ΔW by about α·lr/√in whatever r and t are, so sweeps over r
-or t keep one learning rate. α defaults to 8, LoRA's default: on real data (MiniLM-L6 on drug
-reviews, lr 1e-3) α=8 learned faster than α=2 (validation loss 0.553 vs 0.580 after 3 epochs).
+or t keep one learning rate, and the change of a layer's output per step, α·lr per unit input,
+does not depend on the width either. α defaults to 64: on real data (MiniLM-L6 on drug reviews,
+r=2 t=11, lr 1e-3, 4 epochs) the validation loss after epoch 4 was 0.556 / 0.467 / 0.432 / 0.433
+for α = 8 / 32 / 64 / 128, against 0.482 for LoRA r=8 α=16 (docs/results.md).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def factorize(n: int, layer: str = "", which: str = "dim") -> tuple[int, int]:
 class LSRConfig:
     r: int = 2
     num_terms: int = 16
-    alpha: float = 8.0
+    alpha: float = 64.0
     dropout: float = 0.0
     form: str = "sum"  # sum | product
     path: str = "auto"  # auto | factored | dense | activations
@@ -96,7 +98,7 @@ class LSRLinear(AdapterLayer):
     a_params = ("lsr_A1", "lsr_A2")
     b_params = ("lsr_B1", "lsr_B2")
 
-    def __init__(self, base_layer: nn.Module, r: int = 2, num_terms: int = 16, alpha: float = 8.0,
+    def __init__(self, base_layer: nn.Module, r: int = 2, num_terms: int = 16, alpha: float = 64.0,
                  dropout: float = 0.0, form: str = "sum", path: str = "auto",
                  in_factors=None, out_factors=None, name: str = ""):
         super().__init__(base_layer)
