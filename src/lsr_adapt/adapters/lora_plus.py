@@ -39,6 +39,7 @@ class LoRAPlusConfig(LoRAConfig):
 @dataclass
 class LSRPlusConfig(LSRConfig):
     lr_ratio: float = 16.0  # η(B₁, B₂) / η(A₁, A₂)
+    alpha: float = 8.0  # the faster output side already does what LSR's α=64 does (docs/results.md)
 
     def __post_init__(self):
         super().__post_init__()
