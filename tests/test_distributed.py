@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,9 @@ from conftest import ROOT, run_train
 from lsr_adapt import LsrAdaptError
 from lsr_adapt.distributed import hydra_overrides_for_rank
 
-TORCHRUN = shutil.which("torchrun")
-ACCELERATE = shutil.which("accelerate")
+# the launchers as modules of this interpreter: no dependence on console scripts being on PATH
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 # dropout off: the two ranks' masks cannot match one process's; 61 validation examples do not split
 # evenly over 2 ranks, so a duplicated or dropped example would change the metrics
 EXACT = ["experiment=smoke", "logger=none", "training.num_train_epochs=2", "training.disable_dropout=true",
@@ -31,10 +31,10 @@ def _launch(cwd: Path, nproc: int, *overrides: str, launcher: str = "torchrun") 
     if nproc == 1:
         command = [sys.executable, str(ROOT / "main.py")]
     elif launcher == "accelerate":  # --multi_gpu is accelerate's multi-process DDP; on CPU it uses gloo
-        command = [ACCELERATE, "launch", "--multi_gpu", f"--num_processes={nproc}", "--num_machines=1",
+        command = [*ACCELERATE, "--multi_gpu", f"--num_processes={nproc}", "--num_machines=1",
                    "--mixed_precision=no", "--dynamo_backend=no", str(ROOT / "main.py")]
     else:
-        command = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "main.py")]
+        command = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "main.py")]
     out = subprocess.run([*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -73,7 +73,6 @@ SLOW_METHODS = ["roberta_lora_plus", "roberta_lsr_plus", "roberta_rslora", "robe
 EXTRA = {"roberta_qlora": ["model.qlora.blocksize=32"]}
 
 
-@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
 @pytest.mark.parametrize("model", METHODS + [pytest.param(m, marks=pytest.mark.slow) for m in SLOW_METHODS])
 def test_torchrun_two_processes_match_one_process(tmp_path, model):
     """The issue's test: `torchrun --nproc_per_node 2` (gloo) == one process with the same global batch."""
@@ -87,14 +86,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path, model):
     assert not list(two.glob("checkpoint-*"))
 
 
-@pytest.mark.skipif(ACCELERATE is None, reason="accelerate not on PATH")
 def test_accelerate_launch_two_processes_match_one_process(tmp_path):
     _launch(tmp_path / "one", 1, *EXACT, "model=roberta_lsr")
     _launch(tmp_path / "two", 2, *EXACT, "model=roberta_lsr", launcher="accelerate")
     _compare(_run_dir(tmp_path / "one"), _run_dir(tmp_path / "two"))
 
 
-@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
 def test_torchrun_with_gradient_accumulation_and_checkpointing(tmp_path):
     """2 processes × 2 accumulation steps × 4 per device == one process with batch 16; checkpoints
     (every rank's RNG file) and non-reentrant activation checkpointing work under DDP too."""
@@ -102,7 +99,7 @@ def test_torchrun_with_gradient_accumulation_and_checkpointing(tmp_path):
     _launch(tmp_path / "one", 1, *EXACT, "model=roberta_lsr")
     cfg = [*EXACT, *extra, "training.gradient_accumulation_steps=2", "hydra.run.dir=two",
            "training.callbacks=[{_target_:faults.KillAtStep,step:20}]"]
-    env_kill = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(ROOT / "main.py"), *cfg],
+    env_kill = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(ROOT / "main.py"), *cfg],
                               cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "LSR_TEST_KILL": "1",
                                                  "PYTHONPATH": str(ROOT / "tests")},
                               capture_output=True, text=True, timeout=600)
