@@ -128,10 +128,10 @@ def remove_checkpoints(run_dir) -> None:
 
 def load_trainable(model, ckpt) -> None:
     """Put a checkpoint's trainable weights into ``model`` (before the Trainer wraps it in DDP)."""
-    from safetensors.torch import load_file
+    from .artifacts import read_weights  # one-line errors for unreadable or non-finite tensors
 
     ckpt = Path(ckpt)
-    saved = load_file(ckpt / WEIGHTS)
+    saved = read_weights(ckpt / WEIGHTS)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(saved) != set(trainable):
         missing, extra = sorted(set(trainable) - set(saved)), sorted(set(saved) - set(trainable))
@@ -147,11 +147,11 @@ def load_trainable(model, ckpt) -> None:
 
 def load_recorder_state(recorder, ckpt) -> list[int]:
     """Restore the EpochRecorder from a checkpoint; returns the steps whose batch was skipped."""
-    from safetensors.torch import load_file
+    from .artifacts import read_json, read_weights
 
     ckpt = Path(ckpt)
-    info = json.loads((ckpt / STATE).read_text())
-    recorder.load_state_dict(info, load_file(ckpt / BEST) if (ckpt / BEST).exists() else None)
+    info = read_json(ckpt / STATE)
+    recorder.load_state_dict(info, read_weights(ckpt / BEST) if (ckpt / BEST).exists() else None)
     return list(info.get("skipped_batches", []))
 
 
