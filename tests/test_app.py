@@ -244,6 +244,7 @@ def test_cli_multirun_gives_each_job_its_own_dir(tmp_path):
     (["model=roberta_lsr", "model.lsr.r=9"], "error: LSR rank r=9 exceeds the smallest Kronecker factor"),
     (["+model.lora.rank=4"], "error: unknown lora option(s) ['rank']; valid options: alpha, dropout, r, use_rslora"),
     (["data.metric=auc"], "error: unknown metric 'auc'; valid choices:"),
+    (["training.sampling=sorted"], "error: training.sampling='sorted'; valid choices: random, group_by_length"),
 ])
 def test_cli_bad_input_is_one_line_and_leaves_no_results(tmp_path, overrides, message):
     run_dir = tmp_path / "run"
@@ -275,3 +276,19 @@ def test_a_continued_run_never_saves_worse_than_its_start(tmp_path):
         a, b = load_file(tmp_path / "s1" / "adapter_model.safetensors"), load_file(tmp_path / "s2" / "adapter_model.safetensors")
         head = [k for k in a if k.startswith("classifier.")]
         assert head and all(torch.equal(a[k], b[k]) for k in head)
+
+
+def test_group_by_length_sampling_reaches_the_trainer(tmp_path):
+    """training.sampling=group_by_length: the Trainer draws similar-length batches (less padding)."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from lsr_adapt.train import _sampling_args
+
+    data = Dataset.from_dict({"input_ids": [[1] * n for n in range(1, 65)], "labels": [0] * 64})
+    for how, grouped in [("group_by_length", True), ("random", False)]:
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True,
+                                 report_to=[], **_sampling_args({"sampling": how}))
+        trainer = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=data)
+        assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler) == grouped

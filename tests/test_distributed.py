@@ -25,9 +25,16 @@ EXACT = ["experiment=smoke", "logger=none", "training.num_train_epochs=2", "trai
          "data.synthetic_sizes={train:512,validation:61,test:64}"]
 
 
-def _launch(cwd: Path, nproc: int, *overrides: str, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+# test-only: accelerate applies FSDP to GPU processes only; this sitecustomize lets it shard CPU ones
+FSDP_ON_CPU = str(ROOT / "tests" / "fsdp_cpu")
+
+
+def _launch(cwd: Path, nproc: int, *overrides: str, launcher: str = "torchrun", fsdp_on_cpu: bool = False,
+            env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    path = [FSDP_ON_CPU] if fsdp_on_cpu else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([*path, str(ROOT / "tests")]),
+           **(env_extra or {})}
     if nproc == 1:
         command = [sys.executable, str(ROOT / "main.py")]
     elif launcher == "accelerate":  # --multi_gpu is accelerate's multi-process DDP; on CPU it uses gloo
@@ -36,7 +43,8 @@ def _launch(cwd: Path, nproc: int, *overrides: str, launcher: str = "torchrun") 
     else:
         command = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "main.py")]
     out = subprocess.run([*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
@@ -152,6 +160,7 @@ def test_only_rank_0_writes_hydra_files(monkeypatch):
 @pytest.mark.parametrize("command", [
     "model=roberta_lsr data=sst2",
     "model=roberta_full data=mnli hydra.run.dir=runs/mnli-full",
+    "model=roberta_lora data=mnli training.fsdp=true",
     "-m hydra/launcher=slurm hydra.launcher.partition=gpu model=roberta_lora,roberta_lsr training.seed=0,1,2",
 ])
 def test_readme_scale_out_commands_compose(command):
@@ -165,3 +174,57 @@ def test_readme_scale_out_commands_compose(command):
     for job in product(*sweeps):
         cfg = compose(*[a for a in job if not a.startswith("hydra")])
         assert cfg.training.batch_size == 16 and cfg.training.resume == "auto"
+
+
+# -- FSDP (training.fsdp=true): the Trainer's FSDP2 through accelerate --------------------------------
+FSDP_SLOW = ["roberta_lora", "roberta_dora", "roberta_dylora", "roberta_lora_fa", "roberta_rslora", "roberta_full",
+             "roberta_head"]
+
+
+@pytest.mark.parametrize("model", ["roberta_lsr"] + [pytest.param(m, marks=pytest.mark.slow) for m in FSDP_SLOW])
+def test_fsdp_two_processes_match_one_process(tmp_path, model):
+    """Sharded parameters, sharded optimizer, best-epoch restore into shards, whole weights gathered
+    for the adapter and its base fingerprint: the same files as one unsharded process."""
+    _launch(tmp_path / "one", 1, *EXACT, f"model={model}")
+    _launch(tmp_path / "two", 2, *EXACT, f"model={model}", "training.fsdp=true", fsdp_on_cpu=True)
+    one, two = _run_dir(tmp_path / "one"), _run_dir(tmp_path / "two")
+    _compare(one, two)
+    ca, cb = (json.loads((d / "adapter_config.json").read_text()) for d in (one, two))
+    assert ca["base_fingerprint"] == cb["base_fingerprint"]  # the gathered base, not one rank's shard
+
+
+def test_fsdp_killed_run_resumes_from_its_sharded_checkpoint(tmp_path):
+    """LoRA+ (its own optimizer groups, which FSDP needs built by the Trainer) under FSDP, SIGKILLed
+    after step 20 and re-run: the checkpoint's sharded optimizer state is restored and the result
+    equals one uninterrupted process."""
+    cfg = [*EXACT, "model=roberta_lora_plus", "training.fsdp=true", "training.checkpoint_every=8",
+           "hydra.run.dir=two", "training.callbacks=[{_target_:faults.KillAtStep,step:20}]"]
+    killed = _launch(tmp_path, 2, *cfg, fsdp_on_cpu=True, env_extra={"LSR_TEST_KILL": "1"}, check=False)
+    assert killed.returncode != 0
+    two = tmp_path / "two"
+    assert (two / "checkpoint-16" / "manifest.json").is_file()
+    _launch(tmp_path, 2, *cfg, fsdp_on_cpu=True)  # the same command resumes
+    assert json.loads((two / "results.json").read_text())["resumed_from"].endswith("checkpoint-16")
+    _launch(tmp_path / "one", 1, *EXACT, "model=roberta_lora_plus")
+    _compare(_run_dir(tmp_path / "one"), two)
+
+
+def test_fsdp_that_accelerate_does_not_apply_is_an_error_not_silent_ddp(tmp_path):
+    """Without GPUs accelerate leaves FSDP off; the run must say so instead of training with DDP."""
+    out = _launch(tmp_path, 2, *EXACT, "model=roberta_lora", "training.fsdp=true", check=False)
+    assert out.returncode != 0
+    assert "training.fsdp=true but accelerate did not enable FSDP for these 2 cpu processes" in out.stderr
+    assert "src/lsr_adapt" not in out.stderr  # a one-line error from each rank (torchrun adds its own report)
+
+
+def test_fsdp_setting_is_checked(monkeypatch):
+    from lsr_adapt.train import _fsdp_args
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(LsrAdaptError, match="training.fsdp='yes'; valid choices: true, false"):
+        _fsdp_args({"fsdp": "yes"}, torch.nn.Linear(2, 2))
+    model = torch.nn.Sequential(torch.nn.Embedding(4, 2), torch.nn.ModuleList([torch.nn.Linear(2, 2)] * 2))
+    args = _fsdp_args({"fsdp": True}, model)
+    assert args["fsdp"] is True and args["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["Linear"]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _fsdp_args({"fsdp": True}, model) == {}  # one process: nothing to shard

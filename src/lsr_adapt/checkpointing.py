@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .distributed import barrier
+from .distributed import barrier, full_tensor, local_tensor
 from .errors import LsrAdaptError
 from .iofiles import write_json
 
@@ -188,9 +188,9 @@ def trainer_with_checkpoints(base: type, *, recorder, trainable_names, keep: int
                 shutil.rmtree(tmp, ignore_errors=True)  # a torn one from a killed run
                 tmp.mkdir(parents=True)
             barrier()
+            trainable = self.trainable_state()  # every rank: a collective under FSDP
             if main:
-                save_file({n: t.detach().to("cpu").contiguous() for n, t in self.trainable_state().items()},
-                          tmp / WEIGHTS)
+                save_file({n: t.detach().to("cpu").contiguous() for n, t in trainable.items()}, tmp / WEIGHTS)
             if not self.args.save_only_model:
                 self._save_optimizer_and_scheduler(str(tmp))
                 self._save_scaler(str(tmp))
@@ -217,7 +217,7 @@ def trainer_with_checkpoints(base: type, *, recorder, trainable_names, keep: int
 
         def trainable_state(self) -> dict[str, torch.Tensor]:
             model = self.accelerator.unwrap_model(self.model)
-            return {n: p for n, p in model.named_parameters() if n in names}
+            return {n: full_tensor(p) for n, p in model.named_parameters() if n in names}
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
             # the weights were loaded before the Trainer wrapped the model (load_trainable)
@@ -241,7 +241,7 @@ def trainer_with_checkpoints(base: type, *, recorder, trainable_names, keep: int
             self.skipped_batches.append(step)
             # zero gradients for every trainable weight; the NaN never reaches backward
             params = [p for n, p in model.named_parameters() if p.requires_grad]
-            loss = sum((p.reshape(-1)[:1] * 0.0).sum() for p in params).to(loss.dtype)
+            loss = sum((local_tensor(p).reshape(-1)[:1] * 0.0).sum() for p in params).to(loss.dtype)
             return (loss, *out[1:]) if return_outputs else loss
 
     CheckpointingTrainer.__name__ = f"Checkpointing{base.__name__}"

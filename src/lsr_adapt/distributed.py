@@ -71,3 +71,61 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+# -- FSDP (training.fsdp): parameters are DTensors holding this rank's shard -------------------------
+def _dtensor_cls():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.4
+        return None
+    return DTensor
+
+
+def full_tensor(t):
+    """The whole tensor behind a (possibly FSDP-sharded) parameter.
+
+    A collective under FSDP: every rank must call it, for the same tensors in the same order."""
+    dtensor = _dtensor_cls()
+    return t.full_tensor() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+def local_tensor(t):
+    """This rank's shard of a sharded parameter (the tensor itself otherwise)."""
+    dtensor = _dtensor_cls()
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+def assign_(param, value) -> None:
+    """``param.copy_(value)`` for a whole ``value``, also when ``param`` is a shard (each rank keeps
+    its part; every rank holds the same ``value``)."""
+    dtensor = _dtensor_cls()
+    if dtensor is not None and isinstance(param, dtensor):
+        from torch.distributed.tensor import distribute_tensor
+
+        value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+    param.copy_(value)
+
+
+def fsdp_modules(model) -> list:
+    """The modules FSDP2 (``fully_shard``) wraps in ``model``; empty without FSDP."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def gather_full_weights(model) -> None:
+    """Make every parameter of an FSDP-sharded ``model`` the whole tensor, on every rank (a
+    collective), so the saving and merging code sees a plain model. For the end of a run: the
+    model does not train under FSDP afterwards."""
+    modules = fsdp_modules(model)
+    for m in modules:
+        m.unshard()  # each unit's parameters become whole tensors on every rank
+    if modules:
+        # FSDP's pre-save hooks would put the shards back before every state_dict()
+        for module in model.modules():
+            for key, hook in list(module._state_dict_pre_hooks.items()):
+                if "to_sharded" in getattr(hook, "__qualname__", ""):
+                    del module._state_dict_pre_hooks[key]

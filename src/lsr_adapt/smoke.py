@@ -12,6 +12,7 @@ import os
 import random
 from pathlib import Path
 
+from .distributed import barrier, is_main_process
 from .errors import LsrAdaptError
 from .iofiles import publish_dir
 
@@ -86,7 +87,13 @@ def tiny_checkpoint(family: str) -> Path:
             AutoModel.from_config(config).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    return publish_dir(build, cache_dir() / "tiny-models" / family, if_exists="keep")
+    out = cache_dir() / "tiny-models" / family
+    # under torchrun, transformers' save_pretrained writes weights on rank 0 only: a rank ≠ 0 would
+    # publish a checkpoint without them. Rank 0 builds; the others wait for it.
+    if is_main_process():
+        publish_dir(build, out, if_exists="keep")
+    barrier()
+    return out
 
 
 def synthetic_files(text_fields, label_field: str, num_labels: int, sizes: dict[str, int], seed: int = 0,

@@ -7,6 +7,7 @@ with configs they compose themselves.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import platform
 import resource
@@ -31,7 +32,7 @@ from .checkpointing import (
     remove_checkpoints,
     trainer_with_checkpoints,
 )
-from .distributed import barrier, is_main_process, world_size
+from .distributed import assign_, barrier, full_tensor, gather_full_weights, is_main_process, world_size
 from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
 from .metrics import higher_is_better
@@ -130,7 +131,8 @@ def _make_callback(model, metric: str, higher: bool = True):
         def consider(self, value, epoch: int) -> None:
             if value is not None and (self.best is None or (value > self.best if higher else value < self.best)):
                 self.best, self.best_epoch = value, epoch
-                self.best_state = {n: p.detach().to("cpu", copy=True)
+                # whole tensors also under FSDP (a collective: every rank evaluates and decides alike)
+                self.best_state = {n: full_tensor(p.detach()).to("cpu", copy=True)
                                    for n, p in model.named_parameters() if p.requires_grad}
 
     return EpochRecorder()
@@ -150,7 +152,7 @@ def _missing_values(cfg, prefix: str = "") -> list[str]:
 
 def train(cfg: DictConfig) -> dict:
     """Fine-tune as configured; returns the results dict also written to ``<output_dir>/results.json``."""
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     missing = _missing_values(cfg)
     if missing:  # `???` in a config, e.g. stage1_run of a two-stage experiment
@@ -235,6 +237,8 @@ def train(cfg: DictConfig) -> dict:
         fp16=precision["fp16"],
         torch_compile=bool(tcfg.get("torch_compile", False)),
         dataloader_num_workers=int(tcfg.get("dataloader_num_workers", 0)),
+        **_sampling_args(tcfg),
+        **_fsdp_args(tcfg, model),
         disable_tqdm=not sys.stderr.isatty(),
         use_cpu=not torch.cuda.is_available(),
         # every adapter uses all its trainable weights in every step (DyLoRA masks rows instead of
@@ -244,11 +248,6 @@ def train(cfg: DictConfig) -> dict:
         activation_checkpointing_kwargs={"use_reentrant": False},  # reentrant drops grads of a frozen base's inputs
         **extra_args,
     )
-    optimizers = (None, None)
-    groups = method.param_groups(model, method_cfg, args.learning_rate, args.weight_decay) if method.param_groups else None
-    if groups:  # the Trainer's own optimizer class over the method's groups; it still makes the schedule
-        opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-        optimizers = (opt_cls(groups, **opt_kwargs), None)
     trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
     skipped = []
     if resume_from is not None:  # before the Trainer wraps the model in DDP
@@ -257,12 +256,16 @@ def train(cfg: DictConfig) -> dict:
     trainer_cls = trainer_with_checkpoints(task.trainer_cls(), recorder=recorder, trainable_names=trainable_names,
                                            keep=tcfg.get("keep_checkpoints"),
                                            nonfinite=str(tcfg.get("nonfinite_loss", "stop")))
+    if method.param_groups:  # e.g. LoRA+'s faster B: built when the Trainer makes its optimizer
+        trainer_cls = _with_param_groups(trainer_cls, lambda m: method.param_groups(
+            m, method_cfg, args.learning_rate, args.weight_decay))
     trainer = trainer_cls(
         model=model, args=args, train_dataset=splits.get("train"), eval_dataset=splits["validation"],
         data_collator=task.collator(tokenizer), processing_class=tokenizer,
         compute_metrics=task.compute_metrics(metric_names, dcfg),
-        callbacks=[recorder, *_user_callbacks(tcfg)], optimizers=optimizers,
+        callbacks=[recorder, *_user_callbacks(tcfg)],
     )
+    _check_fsdp(tcfg, trainer)
     trainer.skipped_batches = skipped
     for cb in trainer.callback_handler.callbacks:
         if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "logging_dir", None) is None:
@@ -271,6 +274,8 @@ def train(cfg: DictConfig) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
+    if trainer.is_fsdp_enabled:
+        _shard_before_eval(trainer)
     if recorder.before is None:
         before = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
         log.info("validation %s before training: %.4f", metric, before[metric])
@@ -283,7 +288,7 @@ def train(cfg: DictConfig) -> dict:
     train_metrics = {}
     t0 = time.perf_counter()
     if epochs > 0:
-        if world_size() > 1:
+        if world_size() > 1 and not trainer.is_fsdp_enabled:
             _unprepare_after_eval(trainer, model)
         if resume_from is not None:
             log.info("resuming from %s", resume_from)
@@ -293,7 +298,7 @@ def train(cfg: DictConfig) -> dict:
         with torch.no_grad():
             params = dict(model.named_parameters())
             for n, v in recorder.best_state.items():
-                params[n].copy_(v)
+                assign_(params[n], v)
     best_metric = recorder.best if recorder.best is not None else metric_before
     best_epoch = recorder.best_epoch if recorder.best_epoch is not None else 0
 
@@ -359,6 +364,7 @@ def train(cfg: DictConfig) -> dict:
         **method_results,
         "status": "completed",
     }
+    gather_full_weights(model)  # FSDP: every rank gathers the whole weights rank 0 saves
     if main_process:
         save_adapter(model, out_dir, adapter_info)
         write_json(out_dir / RESULTS, results)
@@ -384,6 +390,68 @@ def _per_device_batch(tcfg) -> tuple[int, int]:
         raise LsrAdaptError(f"training.batch_size={total} is not divisible by {procs} process(es) × "
                             f"training.gradient_accumulation_steps={accumulation}")
     return total // (procs * accumulation), accumulation
+
+
+def _fsdp_args(tcfg, model) -> dict:
+    """``training.fsdp=true``: the Trainer's FSDP2 (accelerate), fully sharded, one unit per
+    transformer layer. Only a multi-process launch shards."""
+    fsdp = tcfg.get("fsdp", False)
+    if fsdp in (None, False, "false"):
+        return {}
+    if fsdp is not True and fsdp != "true":
+        raise LsrAdaptError(f"training.fsdp={fsdp!r}; valid choices: true, false")
+    if world_size() == 1:
+        log.warning("training.fsdp=true in a single process: nothing to shard, training unsharded")
+        return {}
+    # the blocks of the model's layer stacks (BERT/RoBERTa declare no ``_no_split_modules`` in
+    # transformers 5, and accelerate's fallback then shards the embeddings twice)
+    layers = sorted({type(m).__name__ for stack in model.modules() if isinstance(stack, torch.nn.ModuleList)
+                     and len(stack) > 1 for m in stack if any(True for _ in m.parameters())})
+    return {"fsdp": True,
+            "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                            "transformer_layer_cls_to_wrap": layers,
+                            "reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT"}}
+
+
+def _check_fsdp(tcfg, trainer) -> None:
+    """accelerate applies FSDP only to accelerator (GPU) processes; on CPU it would silently run DDP."""
+    if world_size() > 1 and tcfg.get("fsdp", False) in (True, "true") and not trainer.is_fsdp_enabled:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        raise LsrAdaptError(f"training.fsdp=true but accelerate did not enable FSDP for these {world_size()} "
+                            f"{device} processes (it shards on GPUs only); use training.fsdp=false (DDP)")
+
+
+def _with_param_groups(trainer_cls: type, groups_fn) -> type:
+    """The Trainer's optimizer class over a method's parameter groups (e.g. LoRA+'s faster B),
+    created where the Trainer creates its own, so DDP/FSDP wrapping sees it (FSDP refuses a
+    pre-built optimizer); the Trainer still makes the schedule."""
+
+    class GroupedOptimizerTrainer(trainer_cls):
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                opt_cls, opt_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+                self.optimizer = opt_cls(groups_fn(model if model is not None else self.model), **opt_kwargs)
+            return self.optimizer
+
+    GroupedOptimizerTrainer.__name__ = trainer_cls.__name__
+    return GroupedOptimizerTrainer
+
+
+SAMPLING = ("random", "group_by_length")
+
+
+def _sampling_args(tcfg) -> dict:
+    """``training.sampling``: random batches, or batches of similar length (LengthGroupedSampler: still
+    shuffled, far less padding with dynamic padding; the order differs, so results are not comparable
+    bit for bit with random sampling)."""
+    how = str(tcfg.get("sampling", "random"))
+    if how not in SAMPLING:
+        raise LsrAdaptError(f"training.sampling={how!r}; valid choices: {', '.join(SAMPLING)}")
+    from transformers import TrainingArguments
+
+    if "train_sampling_strategy" in inspect.signature(TrainingArguments).parameters:
+        return {"train_sampling_strategy": how}
+    return {"group_by_length": how == "group_by_length"}  # transformers < 5
 
 
 def _save_args(tcfg) -> dict:
@@ -476,6 +544,17 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
             out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
     return [] if old == new else [prefix.rstrip(".")]
+
+
+def _shard_before_eval(trainer) -> None:
+    """Shard the model (and its optimizer) before the evaluation that precedes training.
+
+    Under FSDP2 accelerate must prepare model and optimizer together (it swaps the optimizer's
+    parameters for the shards), which ``evaluate()`` before ``train()`` does not do (transformers
+    5.23 raises). Prepared here, ``train()`` finds both prepared and keeps them."""
+    trainer.create_optimizer()
+    model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+    trainer.model = trainer.model_wrapped = model
 
 
 def _unprepare_after_eval(trainer, model) -> None:
