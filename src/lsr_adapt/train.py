@@ -403,10 +403,12 @@ def _fsdp_args(tcfg, model) -> dict:
     if world_size() == 1:
         log.warning("training.fsdp=true in a single process: nothing to shard, training unsharded")
         return {}
-    # the blocks of the model's layer stacks (BERT/RoBERTa declare no ``_no_split_modules`` in
-    # transformers 5, and accelerate's fallback then shards the embeddings twice)
+    # the blocks of the model's layer stacks: ModuleLists holding ≥ 10% of the weights (an encoder's
+    # layers, both stacks of an encoder-decoder; not an adapter's small lists). BERT/RoBERTa declare
+    # no ``_no_split_modules`` in transformers 5, and accelerate's fallback shards the embeddings twice.
+    total = sum(p.numel() for p in model.parameters())
     layers = sorted({type(m).__name__ for stack in model.modules() if isinstance(stack, torch.nn.ModuleList)
-                     and len(stack) > 1 for m in stack if any(True for _ in m.parameters())})
+                     and sum(p.numel() for p in stack.parameters()) >= 0.1 * total for m in stack})
     return {"fsdp": True,
             "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                             "transformer_layer_cls_to_wrap": layers,
