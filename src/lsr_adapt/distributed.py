@@ -9,7 +9,9 @@ and the gathering of evaluation outputs; this module only covers what sits outsi
   evaluate at its own microsecond. ``share_run_stamp`` opens the process group (gloo on CPU; gloo
   for CPU tensors and NCCL for CUDA ones on GPUs; accelerate then uses it as it is) and broadcasts
   rank 0's timestamp, exported as ``LSR_ADAPT_RUN_STAMP`` for ``conf/config.yaml``;
-* ranks other than 0 write no Hydra files (``.hydra/``, the log file): rank 0 writes every output.
+* ranks other than 0 write no Hydra files (``.hydra/``, the log file): rank 0 writes every output;
+* under FSDP (``training.fsdp``), whole tensors from sharded parameters (``full_tensor``,
+  ``gather_full_weights``) and whole values written back into shards (``assign_``).
 """
 
 from __future__ import annotations
