@@ -265,7 +265,7 @@ def train(cfg: DictConfig) -> dict:
         compute_metrics=task.compute_metrics(metric_names, dcfg),
         callbacks=[recorder, *_user_callbacks(tcfg)],
     )
-    _check_fsdp(tcfg, trainer)
+    _check_fsdp(args, trainer)
     trainer.skipped_batches = skipped
     for cb in trainer.callback_handler.callbacks:
         if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "logging_dir", None) is None:
@@ -415,9 +415,9 @@ def _fsdp_args(tcfg, model) -> dict:
                             "reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT"}}
 
 
-def _check_fsdp(tcfg, trainer) -> None:
+def _check_fsdp(args, trainer) -> None:
     """accelerate applies FSDP only to accelerator (GPU) processes; on CPU it would silently run DDP."""
-    if world_size() > 1 and tcfg.get("fsdp", False) in (True, "true") and not trainer.is_fsdp_enabled:
+    if args.fsdp and not trainer.is_fsdp_enabled:  # args.fsdp is set only when _fsdp_args asked for it
         device = "cuda" if torch.cuda.is_available() else "cpu"
         raise LsrAdaptError(f"training.fsdp=true but accelerate did not enable FSDP for these {world_size()} "
                             f"{device} processes (it shards on GPUs only); use training.fsdp=false (DDP)")
