@@ -7,6 +7,7 @@ dozen examples. Tests that need an optional plugin skip when it is not installed
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import stat
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, compose
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 
 from lsr_adapt.report import build_report
 
@@ -33,6 +36,139 @@ def main_py(*args: str, timeout: int = 420) -> subprocess.CompletedProcess:
 
 def job_results(sweep: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))}
+
+
+def main_py_failing(*args: str, timeout: int = 420) -> subprocess.CompletedProcess:
+    """``python main.py ARGS`` that must end with a non-zero exit status and no traceback."""
+    out = subprocess.run([sys.executable, "main.py", *args], capture_output=True, text=True, cwd=ROOT,
+                         timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert out.returncode != 0, out.stderr[-4000:]
+    assert "Traceback" not in out.stderr, out.stderr[-4000:]
+    return out
+
+
+def test_sweep_goes_on_past_a_failed_job_and_exits_non_zero(tmp_path):
+    """Issue 14 item 7: r=0 is a bad value; job 0 fails, job 1 (r=4) still runs, the report (the
+    report callback, added here the way experiment=demo adds it) lists the failure, and the sweep
+    exits 1 with one last line counting the failed jobs."""
+    sweep = tmp_path / "bad"
+    out = main_py_failing("--multirun", "experiment=smoke", "model.lora.r=0,4", f"hydra.sweep.dir={sweep}",
+                          "+hydra.callbacks.report._target_=lsr_adapt.hydra_callbacks.ReportOnMultirunEnd", *TINY)
+    assert out.returncode == 1
+    failed = json.loads((sweep / "0" / "failed.json").read_text())
+    assert failed["status"] == "failed" and failed["error_type"] == "LsrAdaptError"
+    assert "model.lora.r=0" in failed["overrides"] and failed["job_num"] == 0
+    assert "LoRA rank r must be >= 1, got 0" in failed["error"] and "\n" not in failed["error"]
+    assert not (sweep / "0" / "results.json").exists() and not (sweep / "0" / "adapter_model.safetensors").exists()
+    assert not list((sweep / "0").glob(".*.tmp"))  # written atomically
+    (name, r), = job_results(sweep).items()  # the job after the bad one ran to the end
+    assert name == "1" and r["status"] == "completed" and r["method_config"]["r"] == 4
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 2 jobs failed (0) in ") and failed["error"] in last, last
+    # the report: written before the exit, the completed run in its table, the failed job with its error
+    md = (sweep / "report.md").read_text()
+    assert "1 completed run(s)" in md and "## Failed or unfinished jobs" in md
+    row, = [line for line in md.splitlines() if line.startswith("| `0`")]
+    assert "| failed |" in row and "LoRA rank r must be >= 1, got 0" in row
+    w = build_report([sweep], out=tmp_path / "again")
+    (p,) = w["problems"]
+    assert p.path.name == "0" and p.status == "failed" and p.reason == failed["error"]
+
+
+def test_single_run_keeps_the_one_line_error_and_exit_2(tmp_path):
+    out = subprocess.run([sys.executable, "main.py", "experiment=smoke", "model.lora.r=0",
+                          f"hydra.run.dir={tmp_path / 'run'}", *TINY], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert out.returncode == 2, out.stderr[-4000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "LoRA rank r must be >= 1, got 0" in last
+    assert "Traceback" not in out.stderr and not (tmp_path / "run" / "failed.json").exists()
+
+
+def test_a_crashing_job_is_recorded_with_its_traceback_in_the_log_file(tmp_path):
+    """Not only user errors: any exception of a multirun job becomes failed.json (type and first
+    line), the traceback goes to the job's log file; a stale failed.json of an earlier attempt is
+    removed when the job starts again and succeeds."""
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from lsr_adapt.sweep_status import FAILED, SWEEP_ID_ENV, failed_jobs, run_job
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True, overrides=["model.lora.r=7"])
+    job = tmp_path / "sweep" / "3"
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(job)
+        cfg.hydra.job.num = 3
+    single = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    log_file = tmp_path / "main.log"
+    handler = logging.FileHandler(log_file)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_id = os.environ.get(SWEEP_ID_ENV)
+    os.environ[SWEEP_ID_ENV] = "sweep-a"
+    try:
+        HydraConfig.instance().set_config(cfg)
+
+        def crash(c):
+            raise KeyError("no such column: text")
+
+        assert run_job(crash, cfg) is None  # the launcher goes on
+        failed = json.loads((job / FAILED).read_text())
+        assert failed["error"] == "KeyError: 'no such column: text'" and failed["error_type"] == "KeyError"
+        assert failed["overrides"] == ["model.lora.r=7"] and failed["job_num"] == 3
+        handler.flush()
+        logged = log_file.read_text()
+        assert "job failed: KeyError: 'no such column: text'" in logged
+        assert "Traceback (most recent call last)" in logged and 'raise KeyError("no such column: text")' in logged
+        (f,) = failed_jobs(tmp_path / "sweep", "sweep-a")
+        assert f.path == job and f.overrides == ["model.lora.r=7"]
+        assert failed_jobs(tmp_path / "sweep", "another sweep") == []  # a later sweep does not count it
+        assert run_job(lambda c: {"best_metric": 0.5}, cfg) == {"best_metric": 0.5}
+        assert not (job / FAILED).exists()  # the retry succeeded: no stale failure left behind
+        def interrupted(c):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C still stops a sweep
+            run_job(interrupted, cfg)
+        HydraConfig.instance().set_config(single)
+        with pytest.raises(KeyError):  # a single run: unchanged, the entry point reports it
+            run_job(crash, single)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        HydraConfig.instance().cfg = None
+        if old_id is None:
+            os.environ.pop(SWEEP_ID_ENV, None)
+        else:
+            os.environ[SWEEP_ID_ENV] = old_id
+
+
+def test_optuna_search_goes_on_past_a_failed_trial(tmp_path):
+    """A failed trial is a FAIL trial for Optuna (main() returns None), the search goes on, the best
+    trial is a completed one, and the sweep exits non-zero. With sampler seed 0, TPE's first two
+    draws from choice(0, 2, 4) are r=0 (fails: r must be >= 1) then r=2."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna_bad"
+    out = main_py_failing("experiment=smoke", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                          'hparams_search.spaces.lora={model.lora.r:"choice(0,2,4)"}', f"hydra.sweep.dir={sweep}",
+                          *TINY)
+    assert out.returncode == 1
+    trials = {d.name: yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) for d in sweep.glob("trial_*")}
+    assert len(trials) == 2
+    bad = {n for n, o in trials.items() if "model.lora.r=0" in o}
+    assert bad and len(bad) < 2  # both kinds of trial ran
+    for n in trials:  # a failed trial has failed.json and no results.json; a completed one the reverse
+        assert (sweep / n / "failed.json").exists() == (n in bad)
+        assert (sweep / n / "results.json").exists() == (n not in bad)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"]["model.lora.r"] != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 jobs failed")
 
 
 def test_optuna_search_two_trials(tmp_path):

@@ -34,6 +34,7 @@ from pathlib import Path
 from .errors import LsrAdaptError
 from .iofiles import atomic_path, write_text
 from .metrics import higher_is_better
+from .sweep_status import FAILED, read_failure
 
 RESULTS = "results.json"
 # keys of results.json that make a configuration (everything but the seed and the measurements)
@@ -106,7 +107,7 @@ def collect(dirs: list[Path]) -> tuple[list[tuple[Path, dict]], list[Problem]]:
         if not d.is_dir():
             raise LsrAdaptError(f"{d} is not a directory: give sweep or run directories (multirun/..., outputs/...)")
         result_files = sorted(d.rglob(RESULTS))
-        job_dirs = sorted({p.parent for p in d.rglob(".hydra") if p.is_dir()})
+        job_dirs = sorted({p.parent for p in d.rglob(".hydra") if p.is_dir()} | {p.parent for p in d.rglob(FAILED)})
         found_any = found_any or bool(result_files or job_dirs)
         for f in result_files:
             if f.resolve() in seen:
@@ -129,7 +130,9 @@ def collect(dirs: list[Path]) -> tuple[list[tuple[Path, dict]], list[Problem]]:
             if (j / RESULTS).exists() or j.resolve() in seen:
                 continue
             seen.add(j.resolve())
-            problems.append(Problem(j, "unfinished", _why_unfinished(j)))
+            failure = read_failure(j)  # a failed job of a sweep: its error line (sweep_status.run_job)
+            problems.append(Problem(j, "failed", failure.error) if failure else
+                            Problem(j, "unfinished", _why_unfinished(j)))
     if not found_any:
         where = ", ".join(str(d) for d in dirs)
         raise LsrAdaptError(f"no {RESULTS} and no Hydra job directory below {where}: nothing to report "
