@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -66,6 +67,45 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# the temp names atomic_path (mkstemp) and publish_dir (mkdtemp) make: ".<name>." + tempfile's
+# 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a name atomic_path / publish_dir give their temp file or dir (``.<name>.XXXXXXXX.tmp``)."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def remove_stale_temp_files(directory) -> list[Path]:
+    """Remove the temp files and dirs a killed atomic write left in ``directory`` (and below it, e.g. a
+    ``checkpoint-N/`` manifest).
+
+    Only names of the form ``.<name>.XXXXXXXX.tmp`` (what ``atomic_path`` and ``publish_dir`` create)
+    are touched; symlinks are neither followed nor removed. Call it when a run starts, while it
+    holds the run dir (no other process may be writing there). Returns what it removed.
+    """
+    removed = []
+    root = Path(directory)
+    if not root.is_dir() or root.is_symlink():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in list(dirnames):
+            p = here / name
+            if is_temp_name(name) and not p.is_symlink():
+                shutil.rmtree(p)
+                removed.append(p)
+                dirnames.remove(name)  # gone: do not descend into it
+        for name in filenames:
+            p = here / name
+            if is_temp_name(name) and not p.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return sorted(removed)
 
 
 def write_text(path, text: str) -> None:
