@@ -131,6 +131,18 @@ def predict_file(run: LoadedRun, in_path, out_path, text_fields: str | None = No
     return len(preds)
 
 
+def _split_names(data_cfg) -> list[str]:
+    """The split names the dataset ``data_cfg`` points at has (a local dir: also its other data files)."""
+    from .data import FILE_FORMATS, load_raw
+
+    raw, _ = load_raw(data_cfg)
+    names = set(raw)
+    local = Path(str(data_cfg.get("path") or "")).expanduser()
+    if data_cfg.get("path") and local.is_dir() and not (local / "dataset_dict.json").exists():
+        names |= {p.stem for p in local.iterdir() if p.suffix.lower() in FILE_FORMATS}
+    return sorted(names)
+
+
 def evaluate_split(run: LoadedRun, split: str, data_overrides=(), batch_size: int = 64) -> dict:
     """The run's metrics on ``split`` of its dataset (as in training: same tokenisation and metrics)."""
     from omegaconf import OmegaConf
@@ -149,17 +161,27 @@ def evaluate_split(run: LoadedRun, split: str, data_overrides=(), batch_size: in
             raise LsrAdaptError(f"--data takes key=value, got {item!r}")
         OmegaConf.update(data_cfg, key, yaml.safe_load(value) if value else None, merge=False)
     splits = dict(data_cfg.get("splits") or {"train": "train", "validation": "validation", "test": "test"})
+    if data_cfg.get("synthetic"):  # generated data: only the splits training generated (no new one)
+        generated = sorted({splits[r] for r in (data_cfg.get("synthetic_sizes") or splits) if splits.get(r)})
+        if split not in generated:
+            raise LsrAdaptError(f"--eval-split {split!r}: the run's generated dataset has no split {split!r}; "
+                                f"its splits are {generated}")
     role = next((r for r, name in splits.items() if name == split), split if split in splits else None)
     if role is None:  # another split of the dataset (e.g. validation_mismatched): evaluate it as the test role
         role, splits["test"] = "test", split
+    all_splits = dict(splits)
     if not data_cfg.get("synthetic") and not data_cfg.get("validation_from_train"):
         # splits that are not evaluated need no tokenising (generated data and a carved validation
         # split depend on every split, so those keep them all)
         splits = {r: n for r, n in splits.items() if r in (role, "validation")}
     data_cfg.splits = splits
     out = prepare_splits(data_cfg, run.tokenizer, need_train=role == "train")
-    if role not in out:
-        raise LsrAdaptError(f"split {split!r} has no labels to evaluate against")
+    if role not in out:  # a test-role split is skipped when it is missing or unlabelled: say which
+        existing = _split_names(OmegaConf.merge(data_cfg, {"splits": all_splits}))
+        if split not in existing:
+            raise LsrAdaptError(f"--eval-split {split!r}: the run's dataset has no split {split!r}; "
+                                f"its splits are {existing}")
+        raise LsrAdaptError(f"--eval-split {split!r}: split {split!r} has no labels to evaluate against")
     ds = out[role]
     collate = DataCollatorWithPadding(run.tokenizer)
     device = next(run.model.parameters()).device

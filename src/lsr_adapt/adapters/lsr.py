@@ -41,10 +41,21 @@ from torch import nn
 
 from ..errors import LsrAdaptError
 from .base import AdapterLayer, add_low_rank
+from .registry import register_method
 
 PATHS = ("auto", "factored", "dense", "activations")
 FORMS = ("sum", "product")
 MAX_FACTOR_RATIO = 16  # a 2 × 997 split is not a Kronecker structure worth learning
+
+
+def _is_positive_int(v) -> bool:
+    """An integer >= 1 (a float with an integer value too, as YAML may give; never a bool)."""
+    if isinstance(v, bool):
+        return False
+    try:
+        return float(v) == int(v) >= 1
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def factorize(n: int, layer: str = "", which: str = "dim") -> tuple[int, int]:
@@ -133,9 +144,18 @@ class LSRLinear(AdapterLayer):
     def _check_factors(factors, dim: int, layer: str, which: str) -> tuple[int, int]:
         if factors is None:
             return factorize(dim, layer, which)
-        f = tuple(int(v) for v in factors)
-        if len(f) != 2 or f[0] * f[1] != dim or min(f) < 1:
-            raise LsrAdaptError(f"LSR factors {list(f)} do not multiply to the {which} {dim} of layer {layer}")
+        given = list(factors) if hasattr(factors, "__len__") and not isinstance(factors, str) else [factors]
+        try:
+            example = f" (e.g. {list(factorize(dim, layer, which))})"
+        except LsrAdaptError:
+            example = ""
+        if len(given) != 2 or not all(_is_positive_int(v) for v in given):
+            raise LsrAdaptError(f"LSR factors {given} for the {which} {dim} of layer {layer}: factors must be two "
+                                f"positive integers whose product is {dim}{example}")
+        f = (int(given[0]), int(given[1]))
+        if f[0] * f[1] != dim:
+            raise LsrAdaptError(f"LSR factors {list(f)} do not multiply to the {which} {dim} of layer {layer}: "
+                                f"{f[0]} x {f[1]} = {f[0] * f[1]}{example}")
         return f
 
     def extra_repr(self) -> str:
