@@ -2,7 +2,9 @@
 
 The model is ``AutoModelForSequenceClassification`` (``modeling.load_classifier``); a checkpoint
 that already holds a head with ``num_labels`` outputs (e.g. DistilBERT fine-tuned on SST-2) keeps
-it. Metrics (``metrics.py``) are computed locally from the logits.
+it. ``model.pooling``: what the head reads, the first token (``cls``, default) or the
+attention-mask-weighted mean of the last hidden states (``mean``). Metrics (``metrics.py``) are
+computed locally from the logits.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from . import Task
 def _load(name_or_path: str, data_cfg, model_cfg=None):
     from ..modeling import load_classifier
 
-    return load_classifier(name_or_path, int(data_cfg.num_labels))
+    # model.pooling: cls (the architecture's first token) | mean (masked mean of the last hidden states)
+    pooling = (model_cfg or {}).get("pooling")
+    return load_classifier(name_or_path, int(data_cfg.num_labels), pooling=str(pooling) if pooling else None)
 
 
 def _prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
