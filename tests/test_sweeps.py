@@ -131,6 +131,21 @@ def test_a_crashing_job_is_recorded_with_its_traceback_in_the_log_file(tmp_path)
         assert failed_jobs(tmp_path / "sweep", "another sweep") == []  # a later sweep does not count it
         assert run_job(lambda c: {"best_metric": 0.5}, cfg) == {"best_metric": 0.5}
         assert not (job / FAILED).exists()  # the retry succeeded: no stale failure left behind
+        # a job refused its dir (a finished run there, or another live process holding it) never
+        # writes into it: the failure is kept for the end-of-sweep count instead
+        from lsr_adapt import sweep_status
+
+        (job / "results.json").write_text("{}")
+        assert run_job(crash, cfg) is None
+        assert sorted(p.name for p in job.iterdir()) == ["results.json"]
+        busy = tmp_path / "sweep" / "busy"
+        with open_dict(cfg):
+            cfg.output_dir = str(busy)
+        assert run_job(crash, cfg, refusal=lambda d: f"{d} is in use") is None and not busy.exists()
+        assert [(j.path, j.error, j.sweep_id) for j in sweep_status.unrecorded[-2:]] == [
+            (job, "KeyError: 'no such column: text'", "sweep-a"), (busy, "KeyError: 'no such column: text'", "sweep-a")]
+        del sweep_status.unrecorded[-2:]
+
         def interrupted(c):
             raise KeyboardInterrupt
 

@@ -57,10 +57,11 @@ class SweepStatus(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from .distributed import is_main_process
-        from .sweep_status import SWEEP_ID_ENV, failed_jobs, jobs_started, summary_line
+        from .sweep_status import SWEEP_ID_ENV, failed_jobs, jobs_started, summary_line, unrecorded
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = failed_jobs(sweep_dir, os.environ.get(SWEEP_ID_ENV))
+        sweep_id = os.environ.get(SWEEP_ID_ENV)
+        failed = failed_jobs(sweep_dir, sweep_id) + [j for j in unrecorded if j.sweep_id == sweep_id]
         if not failed:
             return
         if is_main_process():

@@ -97,25 +97,52 @@ def record_failure(job_dir: Path, e: BaseException) -> Path:
     return path
 
 
-def run_job(fn, cfg, *args, **kwargs):
+def _finished(job_dir: Path) -> str | None:
+    if (job_dir / "results.json").exists():
+        return f"{job_dir} already holds a finished run"
+    return None
+
+
+# failures that could not be written to their job dir (a finished or busy run dir is never touched):
+# counted by hydra_callbacks.SweepStatus at the end of the sweep (jobs run in this process)
+unrecorded: list[FailedJob] = []
+
+
+def run_job(fn, cfg, *args, refusal=_finished, **kwargs):
     """``fn(cfg, ...)``; inside a ``--multirun``, a failure is recorded and ``None`` returned.
 
     Outside a multirun every exception propagates unchanged (the entry point's one-line error).
     In a multirun, any ``Exception`` (a user error or a crash) becomes ``failed.json`` in the job's
     directory and the launcher goes on; ``KeyboardInterrupt`` / ``SystemExit`` still stop the sweep.
     A stale ``failed.json`` from an earlier attempt of the same job dir is removed when it starts.
+    ``refusal(job_dir)``: why the job dir belongs to another run (finished, or locked by a live
+    process), else None; such a dir is never written: the failure is kept in ``unrecorded``.
     """
     if not in_multirun():
         return fn(cfg, *args, **kwargs)
     job_dir = _job_dir(cfg)
-    if _is_rank0():
+    ours = _is_rank0() and refusal(job_dir) is None
+    if ours:
         (job_dir / FAILED).unlink(missing_ok=True)
     try:
         return fn(cfg, *args, **kwargs)
     except Exception as e:
-        if _is_rank0():
+        if not _is_rank0():
+            return None
+        if ours and refusal(job_dir) is None:
             record_failure(job_dir, e)
+        else:  # the job was refused a dir that is another run's: say so, leave the dir alone
+            log.error("job failed: %s", error_line(e))
+            hc = _hydra_config()
+            unrecorded.append(FailedJob(job_dir, error_line(e), list(hc.overrides.task) if hc else [],
+                                        os.environ.get(SWEEP_ID_ENV)))
         return None
+
+
+def _hydra_config():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
 
 
 @dataclass
