@@ -1,0 +1,407 @@
+"""``validate_config(cfg)``: the whole composed config checked once, before any model or data loads.
+
+Each section is a declared schema (pydantic v2 models below): types, ranges and choices, every field
+with the sentence a user reads when its value is wrong. The first problem found stops the run with
+one line naming the key, the value and what is allowed, e.g.
+
+    training.learning_rate=-1.0: must be a number > 0
+    training.sampling='sorted'; valid choices: random, group_by_length
+    unknown key training.lr; valid keys: batch_size, callbacks, ...
+
+Sections:
+
+* ``training``: closed (an unknown key is an error naming the valid keys);
+* ``data``, ``model``, the root: their generic keys; task-specific keys (the GW task's signal
+  parameters, a causal LM's ``append_eos``, ...) are checked by the task that reads them;
+* ``model.<adaptation_type>``: the method's own config dataclass (``get_method(name).make_config``,
+  which rejects unknown keys and checks choices) after the ranges declared in ``METHOD_FIELDS``;
+* ``budget``: the equal-budget options.
+
+What needs the model or the data (target modules that match no layer, LSR factors that do not divide
+a layer's dimensions, label values) is checked where they load.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from .adapters import get_method
+from .errors import LsrAdaptError
+from .metrics import check_metric_names
+from .tasks import task_type_of
+
+__all__ = ["METHOD_FIELDS", "SCHEMAS", "missing_values", "validate_config"]
+
+
+# -- field types ----------------------------------------------------------------------------------
+def _no_bool(v):
+    """YAML's true/false are not numbers (pydantic's lax mode would read them as 1 / 0)."""
+    if isinstance(v, bool):
+        raise ValueError("a boolean is not a number")
+    return v
+
+
+def _bool_or_word(v):
+    """``true`` / ``false``, also as the words (train.py has always accepted them for fsdp)."""
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return v
+
+
+Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+Integer = Annotated[int, BeforeValidator(_no_bool)]
+Bool = Annotated[bool, Field(strict=True)]
+Text = Annotated[str, Field(strict=True)]
+
+
+def _f(default: Any, allowed: str, **constraints) -> Any:
+    """A field whose error message is ``allowed``: "must be ..." or "valid choices: ..."."""
+    return Field(default, description=allowed, **constraints)
+
+
+def _scheduler_types() -> tuple[str, ...]:
+    try:
+        from transformers.trainer_utils import SchedulerType
+
+        return tuple(s.value for s in SchedulerType)
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+
+SCHEDULERS = _scheduler_types()
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SAMPLING = ("random", "group_by_length")
+NONFINITE = ("stop", "skip")
+ROLES = ("train", "validation", "test")
+
+
+def _choices(values) -> str:
+    return "valid choices: " + ", ".join(map(str, values))
+
+
+def _checkpoint_every(v):
+    """An optimizer-step count, ``epoch``, or null; 0 / false / none also mean no checkpoints."""
+    if v is None or v is False or v in ("none", "null", "epoch"):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    raise ValueError("bad checkpoint_every")
+
+
+def _resume(v):
+    if v in (None, False, "false", "auto"):
+        return v
+    if isinstance(v, str) and v.strip():
+        return v  # a checkpoint or run dir: train checks it exists and holds checkpoints
+    raise ValueError("bad resume")
+
+
+def _callbacks(v):
+    if v is None:
+        return v
+    if isinstance(v, list) and all(isinstance(c, Mapping) and "_target_" in c for c in v):
+        return v
+    raise ValueError("bad callbacks")
+
+
+# -- training --------------------------------------------------------------------------------------
+class TrainingSchema(BaseModel):
+    """``conf/training/lora_training.yaml``: every key train() reads; no other key is accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_train_epochs: Number = _f(20, "must be a number >= 0 (0: evaluate only)", ge=0)
+    batch_size: Integer = _f(16, "must be an integer >= 1 (the global batch)", ge=1)
+    eval_batch_size: Annotated[Integer, Field(ge=1)] | None = _f(None, "must be an integer >= 1, or null (= batch_size)")
+    learning_rate: Number = _f(4e-4, "must be a number > 0", gt=0)
+    weight_decay: Number = _f(0.0, "must be a number >= 0", ge=0)
+    warmup_ratio: Number = _f(0.0, "must be a number in [0, 1) (a fraction of the training steps)", ge=0, lt=1)
+    lr_scheduler: Literal[SCHEDULERS] = _f("linear", _choices(SCHEDULERS))  # type: ignore[valid-type]
+    max_grad_norm: Number = _f(1.0, "must be a number >= 0 (0: no gradient clipping)", ge=0)
+    gradient_accumulation_steps: Integer = _f(1, "must be an integer >= 1", ge=1)
+    seed: Integer = _f(42, "must be an integer in [0, 2**32)", ge=0, lt=2**32)
+    precision: Literal[PRECISIONS] = _f("auto", _choices(PRECISIONS))  # type: ignore[valid-type]
+    torch_compile: Bool = _f(False, "must be true or false")
+    report_to: Text | None = _f(None, "must be a tracker name (set it with the logger group: logger=...)")
+    logging_steps: Integer = _f(50, "must be an integer >= 1 (optimizer steps)", ge=1)
+    dataloader_num_workers: Integer = _f(0, "must be an integer >= 0", ge=0)
+    sampling: Literal[SAMPLING] = _f("random", _choices(SAMPLING))  # type: ignore[valid-type]
+    checkpoint_every: Annotated[Any, BeforeValidator(_checkpoint_every)] = _f(
+        "epoch", "valid choices: a positive number of optimizer steps, epoch, or null (no checkpoints)")
+    keep_checkpoints: Annotated[Integer, Field(ge=1)] | None = _f(2, "must be an integer >= 1, or null (keep all)")
+    resume: Annotated[Any, BeforeValidator(_resume)] = _f(
+        "auto", "valid choices: auto, false, or a checkpoint / run dir to continue from")
+    nonfinite_loss: Literal[NONFINITE] = _f("stop", _choices(NONFINITE))  # type: ignore[valid-type]
+    nonfinite_max_skipped: Number = _f(0.05, "must be a number in [0, 1] (the share of steps nonfinite_loss=skip "
+                                             "may drop before the run counts as diverged)", ge=0, le=1)
+    gradient_checkpointing: Bool = _f(False, "must be true or false")
+    ddp_find_unused_parameters: Bool = _f(False, "must be true or false")
+    fsdp: Annotated[Bool, BeforeValidator(_bool_or_word)] = _f(False, "valid choices: true, false")
+    disable_dropout: Bool = _f(False, "must be true or false")
+    callbacks: Annotated[Any, BeforeValidator(_callbacks)] = _f(
+        None, "must be a list of {_target_: package.Class, ...} entries (transformers TrainerCallbacks)")
+
+
+# -- data --------------------------------------------------------------------------------------------
+def _encoding(v):
+    if not isinstance(v, str):
+        raise ValueError("not a string")
+    try:
+        codecs.lookup(v)
+    except LookupError:
+        raise ValueError("unknown codec") from None
+    return v
+
+
+def _splits(v):
+    if v is None or isinstance(v, Mapping) and set(v) <= set(ROLES) and all(s is None or isinstance(s, str) for s in v.values()):
+        return v
+    raise ValueError("bad splits")
+
+
+def _data_files(v):
+    if v is None or (isinstance(v, Mapping) and v and all(isinstance(f, str) for f in v.values())):
+        return v
+    raise ValueError("bad data_files")
+
+
+PositiveInt = Annotated[Integer, Field(ge=1)]
+
+
+class DataSchema(BaseModel):
+    """The keys every data config shares (``conf/data/mrpc.yaml``, ``wikitext2.yaml``); a task's own
+    keys (e.g. the GW signal parameters) are checked by the task."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Text = _f("data", "must be a name")
+    path: Text | None = _f(None, "must be a hub dataset name or a local path, or null")
+    subset: Text | None = _f(None, "must be a hub dataset config name, or null")
+    data_files: Annotated[Any, BeforeValidator(_data_files)] = _f(
+        None, "must be null or a mapping split -> file, e.g. {train: train.csv, validation: dev.csv}")
+    text_fields: list[Text] = _f([], "must be a list of column names")
+    label_field: Text | None = _f(None, "must be a column name")
+    num_labels: Integer = _f(2, "must be an integer >= 0 (1: regression, 0: no task head)", ge=0)
+    label_names: list[Annotated[str, BeforeValidator(lambda v: v if isinstance(v, str) else str(v))]] | None = _f(
+        None, "must be a list of label values (strings), or null")
+    metric: Text = _f("accuracy", "must be a metric name")
+    metrics: list[Text] = _f([], "must be a list of metric names")
+    lr: Annotated[Number, Field(gt=0)] | None = _f(None, "must be a number > 0")
+    max_length: PositiveInt | None = _f(512, "must be an integer >= 1 (tokens), or null (the tokenizer's limit)")
+    splits: Annotated[Any, BeforeValidator(_splits)] = _f(
+        None, "must be a mapping from train / validation / test to a split name or null")
+    max_train_samples: PositiveInt | None = _f(None, "must be an integer >= 1, or null (all)")
+    max_eval_samples: PositiveInt | None = _f(None, "must be an integer >= 1, or null (all)")
+    sample_seed: Annotated[Integer, Field(ge=0)] | None = _f(None, "must be an integer >= 0, or null (training.seed)")
+    seed: Annotated[Integer, Field(ge=0)] = _f(0, "must be an integer >= 0")
+    validation_from_train: Annotated[Number, Field(gt=0, lt=1)] | None = _f(
+        None, "must be a number in (0, 1) (the fraction of train held out), or null")
+    extra_eval_splits: list[Text] = _f([], "must be a list of split names")
+    synthetic: Bool = _f(False, "must be true or false")
+    synthetic_sizes: dict[str, PositiveInt] | None = _f(None, "must map split roles to integers >= 1")
+    unescape_html: Bool = _f(False, "must be true or false")
+    encoding: Annotated[str, BeforeValidator(_encoding)] = _f(
+        "utf-8", "must be a Python codec name, e.g. utf-8, latin-1, cp1252, utf-16")
+    drop_unknown_labels: Bool = _f(False, "must be true or false")
+    asset: Text | None = _f(None, "must be an asset name, or null")
+
+
+# -- model -------------------------------------------------------------------------------------------
+def _target_modules(v):
+    if v is None or isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(m, str) for m in v)):
+        return v
+    raise ValueError("bad target_modules")
+
+
+class ModelSchema(BaseModel):
+    """The keys every model config shares (``conf/backbone/*.yaml`` + ``adaptation_type``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name_or_path: Text = _f("", "must be a hub model id or a local checkpoint path")
+    adaptation_type: Text = _f("lora", "must be a method name")
+    target_modules: Annotated[Any, BeforeValidator(_target_modules)] = _f(
+        None, "must be a list of layer names, 'all-linear', or null (the backbone's default)")
+    family: Text | None = _f(None, "must be an architecture name")
+    tiny: Bool = _f(False, "must be true or false")
+    asset: Text | None = _f(None, "must be an asset name, or null")
+    lr: Annotated[Number, Field(gt=0)] | None = _f(None, "must be a number > 0, or null")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = _f(None, _choices(["float32", "float16", "bfloat16", "null"]))
+
+
+def _factors(v):
+    if v is None:
+        return v
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v):
+        return v
+    raise ValueError("bad factors")
+
+
+class MethodFields(BaseModel):
+    """Ranges of the adapter hyperparameters, by field name, for every method that has the field.
+
+    (The method's config dataclass checks its choices and cross-field rules; these ranges would sit
+    best in each dataclass's ``__post_init__``.)"""
+
+    model_config = ConfigDict(extra="allow")
+
+    r: PositiveInt = _f(8, "must be an integer >= 1")
+    num_terms: PositiveInt = _f(16, "must be an integer >= 1")
+    alpha: Number = _f(8.0, "must be a number > 0", gt=0)
+    dropout: Number = _f(0.0, "must be a number in [0, 1)", ge=0, lt=1)
+    lr_ratio: Number = _f(16.0, "must be a number > 0", gt=0)
+    eval_rank: PositiveInt | None = _f(None, "must be an integer in 1..r, or null (= r)")
+    in_factors: Annotated[Any, BeforeValidator(_factors)] = _f(
+        None, "must be null or two positive integers whose product is the input dim, e.g. [32, 24]")
+    out_factors: Annotated[Any, BeforeValidator(_factors)] = _f(
+        None, "must be null or two positive integers whose product is the output dim, e.g. [32, 24]")
+    blocksize: PositiveInt = _f(64, "must be an integer >= 1")
+    use_rslora: Bool = _f(False, "must be true or false")
+    eval_all_ranks: Bool = _f(False, "must be true or false")
+    double_quant: Bool = _f(True, "must be true or false")
+    paged_optimizer: Bool = _f(False, "must be true or false")
+    form: Text = _f("sum", "must be a form name")
+    path: Text = _f("auto", "must be a path name")
+    quant_type: Text = _f("nf4", "must be a quantization type")
+    compute_dtype: Text = _f("auto", "must be a dtype name")
+
+
+METHOD_FIELDS = MethodFields
+
+
+# -- budget and the root ---------------------------------------------------------------------------
+class BudgetSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    params: PositiveInt | None = _f(None, "must be an integer >= 1 (adapter parameters), or null")
+    lsr_free: list[Literal["r", "num_terms", "factors"]] = _f(
+        ["num_terms"], "must be a non-empty list of: r, num_terms, factors", min_length=1)
+
+
+class RootSchema(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    output_dir: Text | None = _f(None, "must be a directory path, or null (the Hydra run dir)")
+    init_from: Text | None = _f(None, "must be a run or adapter directory, or null")
+    init_from_checksum: Bool = _f(True, "must be true or false (false: load an init_from adapter edited on purpose)")
+    freeze_adapter: Bool = _f(False, "must be true or false")
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {"training": TrainingSchema, "data": DataSchema, "model": ModelSchema,
+                                       "budget": BudgetSchema}
+
+# messages the tests (and users' scripts) already know, kept word for word
+_MESSAGES = {"training.nonfinite_loss": "unknown training.nonfinite_loss {value}; valid choices: stop, skip"}
+
+
+# -- checking --------------------------------------------------------------------------------------
+def _show(value) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _check(schema: type[BaseModel], values: Mapping, prefix: str) -> None:
+    """Validate ``values`` against ``schema``; the first error becomes one ``LsrAdaptError`` line."""
+    try:
+        schema.model_validate(dict(values))
+    except ValidationError as e:
+        raise _one_line(e, schema, values, prefix) from None
+
+
+def _one_line(e: ValidationError, schema: type[BaseModel], values: Mapping, prefix: str) -> LsrAdaptError:
+    err = e.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else ""
+    key = f"{prefix}.{field}" if prefix else field
+    if err["type"] == "extra_forbidden":
+        return LsrAdaptError(f"unknown key {key}; valid keys: {', '.join(sorted(schema.model_fields))}")
+    value = _show(values.get(field, err.get("input")))
+    if key in _MESSAGES:
+        return LsrAdaptError(_MESSAGES[key].format(value=value))
+    info = schema.model_fields.get(field)
+    allowed = info.description if info is not None and info.description else err["msg"]
+    sep = "; " if allowed.startswith("valid") else ": "
+    return LsrAdaptError(f"{key}={value}{sep}{allowed}")
+
+
+def missing_values(cfg, prefix: str = "") -> list[str]:
+    """Keys set to ``???``, found without resolving interpolations (a missing value referenced by an
+    interpolation would raise instead of being listed)."""
+    out = []
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            out.append(f"{prefix}{key}")
+        elif isinstance(node := cfg._get_node(key), DictConfig) and not OmegaConf.is_interpolation(cfg, key):
+            out += missing_values(node, f"{prefix}{key}.")
+    return sorted(out)
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        key = getattr(e, "full_key", None)
+        raise LsrAdaptError(f"config value {key or ''} cannot be resolved: {first}".replace("value  ", "value "))\
+            from None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the whole composed config (types, ranges, choices) before anything loads.
+
+    Raises ``LsrAdaptError`` with one line naming the key, the bad value and what is allowed.
+    """
+    missing = missing_values(cfg)
+    if missing:  # `???` in a config, e.g. stage1_run of a two-stage experiment
+        raise LsrAdaptError(f"config value(s) {', '.join(missing)} must be set, e.g. {missing[0]}=...")
+    values = _resolved(cfg)
+    for section in ("model", "data", "training"):
+        if not isinstance(values.get(section), Mapping):
+            raise LsrAdaptError(f"the config has no {section} section; choose one, e.g. {section}=...")
+    _check(RootSchema, values, "")
+    _check(TrainingSchema, values["training"], "training")
+    _check_model(values["model"])
+    _check_data(cfg.data, values["data"])
+    if values.get("budget") is not None:
+        if not isinstance(values["budget"], Mapping):
+            raise LsrAdaptError(f"budget={_show(values['budget'])}: must be a mapping (budget.params, budget.lsr_free)")
+        _check(BudgetSchema, values["budget"], "budget")
+
+
+def _check_model(model: Mapping) -> None:
+    _check(ModelSchema, model, "model")
+    name = str(model["adaptation_type"]) if model.get("adaptation_type") is not None else ""
+    method = get_method(name)  # unknown: "unknown adaptation_type 'x'; valid choices: ..."
+    section = model.get(name)
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise LsrAdaptError(f"model.{name}={_show(section)}: must be a mapping of {name} options")
+    known = {k: v for k, v in section.items() if k in MethodFields.model_fields}
+    _check(MethodFields, known, f"model.{name}")
+    method.make_config(section)  # unknown options, choices and cross-field rules (e.g. DyLoRA eval_rank <= r)
+
+
+def _check_data(data_cfg: DictConfig, data: Mapping) -> None:
+    _check(DataSchema, data, "data")
+    task = task_type_of(data_cfg)  # data.task_type and its num_labels
+    if task != "gw":  # the GW task knows metrics of its own (roc_auc, ...) and checks them itself
+        check_metric_names(list(data.get("metrics") or []) + [data.get("metric")])
+    names = data.get("label_names")
+    if task == "classification" and names:
+        if len(names) != int(data["num_labels"]):
+            raise LsrAdaptError(f"data.label_names={names} has {len(names)} names but data.num_labels="
+                                f"{data['num_labels']}; give one name per label")
+        if len(set(map(str, names))) != len(names):
+            raise LsrAdaptError(f"data.label_names={names} names a label twice")
