@@ -4,8 +4,8 @@
 
 Sizes: ``save_adapter`` of LoRA r=8 and LSR r=2, t=16 on query/value of all 12 layers, with the
 2-class head (RoBERTa's classifier: 768·768 + 768 + 2·768 + 2 = 592,130 parameters), fp32.
-Switching: one base model in memory, adapters loaded by name with ``load_adapter(..., name=)``,
-median wall time of ``set_active_adapter`` (a) between two LoRA adapters of the same shape (tensors
+Switching: one base model in memory, adapters loaded by name with ``AdapterBank.load(path, name=)``,
+median wall time of ``AdapterBank.activate`` (a) between two LoRA adapters of the same shape (tensors
 copied in place), (b) the same on a merged model (unmerge, copy, merge), (c) between LoRA and LSR
 (adapter layers rebuilt around the same base layers).
 """
@@ -24,15 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout, installed or not
 
-from lsr_adapt.adapters import adapter_layers, merge_adapters, unmerge_adapters  # noqa: E402
-from lsr_adapt.artifacts import (  # noqa: E402
-    ADAPTER_WEIGHTS,
-    adapter_entry_names,
-    load_adapter,
-    read_weights,
-    save_adapter,
-    set_active_adapter,
-)
+from lsr_adapt.adapters import adapter_entry_names, adapter_layers, merge_adapters, unmerge_adapters  # noqa: E402
+from lsr_adapt.artifacts import ADAPTER_WEIGHTS, AdapterBank, read_weights, save_adapter  # noqa: E402
 from lsr_adapt.modeling import LoadedModel, prepare_model  # noqa: E402
 
 METHODS = {"lora_r8": ("lora", {"r": 8, "alpha": 8}), "lsr_r2_t16": ("lsr", {"r": 2, "num_terms": 16}),
@@ -67,11 +60,11 @@ def make_adapter(method: str, cfg: dict, out: Path, device: str, seed: int) -> d
     }
 
 
-def time_switches(model, names: list[str], n: int, device: str) -> float:
+def time_switches(bank: AdapterBank, names: list[str], n: int, device: str) -> float:
     times = []
     for i in range(n):
         start = time.perf_counter()
-        set_active_adapter(model, names[i % len(names)])
+        bank.activate(names[i % len(names)])
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -99,16 +92,17 @@ def main() -> None:
                       f"({info['adapter_bytes'] / 1024:.1f} KiB) + head {info['head_params']:,} params "
                       f"({info['head_bytes'] / 1024:.1f} KiB)")
         model = base_model(args.device)
+        bank = AdapterBank(model)
         start = time.perf_counter()
         for key, d in dirs.items():
-            load_adapter(model, d, name=key)
+            bank.load(d, name=key)
         results["load_ms_per_adapter"] = (time.perf_counter() - start) / len(dirs) * 1e3
         cases = {"lora_to_lora_in_place": ["lora_r8", "lora_r8_b"], "lora_to_lsr_rebuild": ["lora_r8", "lsr_r2_t16"]}
         for case, names in cases.items():
-            results["switch_ms"][case] = time_switches(model, names, args.switches, args.device)
-        set_active_adapter(model, "lora_r8")
+            results["switch_ms"][case] = time_switches(bank, names, args.switches, args.device)
+        bank.activate("lora_r8")
         merge_adapters(model)
-        results["switch_ms"]["lora_to_lora_merged"] = time_switches(model, ["lora_r8", "lora_r8_b"], args.switches,
+        results["switch_ms"]["lora_to_lora_merged"] = time_switches(bank, ["lora_r8", "lora_r8_b"], args.switches,
                                                                     args.device)
         assert all(layer.merged for layer in adapter_layers(model).values())
         unmerge_adapters(model)

@@ -35,7 +35,7 @@ def compose(*overrides: str):
 
 def run_train(tmp_path: Path, *overrides: str) -> dict:
     """``train(cfg)`` on a composed smoke config, writing into ``tmp_path``."""
-    from lsr_adapt.train import train
+    from lsr_adapt.training import train
 
     cfg = compose("experiment=smoke", f"output_dir={tmp_path}", "training.report_to=none", *overrides)
     return train(cfg)

@@ -102,8 +102,7 @@ def test_the_best_epoch_is_what_gets_saved(tmp_path):
     from safetensors.torch import load_file
 
     from lsr_adapt.data import prepare_splits
-    from lsr_adapt.modeling import load_classifier, prepare_model
-    from lsr_adapt.train import model_path_of
+    from lsr_adapt.modeling import load_classifier, model_path_of, prepare_model
 
     results = run_train(tmp_path, "training.num_train_epochs=3")
     cfg = compose("experiment=smoke")
@@ -284,7 +283,7 @@ def test_group_by_length_sampling_reaches_the_trainer(tmp_path):
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from lsr_adapt.train import _sampling_args
+    from lsr_adapt.training.arguments import sampling_args as _sampling_args
 
     data = Dataset.from_dict({"input_ids": [[1] * n for n in range(1, 65)], "labels": [0] * 64})
     for how, grouped in [("group_by_length", True), ("random", False)]:

@@ -8,6 +8,7 @@ and the metrics ``train()`` recorded for the run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -24,15 +25,13 @@ from lsr_adapt.adapters import METHODS, adapter_layers, merge_adapters
 from lsr_adapt.artifacts import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
-    active_adapter,
+    AdapterBank,
     base_fingerprint,
     fingerprint_problem,
-    list_adapters,
     load_adapter,
     load_run,
     read_weights,
     save_adapter,
-    set_active_adapter,
 )
 from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.modeling import prepare_model
@@ -359,7 +358,11 @@ def test_truncated_and_corrupt_weights(saved):
     tensors = read_weights(weights)
     tensors["classifier.dense.bias"][0] = float("nan")
     safetensors_save(tensors, str(weights))
+    _expect_error(saved, str(weights), "does not match the checksum recorded when it was saved")
+    cfg = json.loads((saved / ADAPTER_CONFIG).read_text())  # NaN written with a matching checksum
+    (saved / ADAPTER_CONFIG).write_text(json.dumps({**cfg, "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}))
     _expect_error(saved, str(weights), "tensor classifier.dense.bias holds NaN or infinite values")
+    (saved / ADAPTER_CONFIG).write_text(json.dumps(cfg))
     weights.write_bytes(data)
     (saved / ADAPTER_CONFIG).write_text("{not json")
     _expect_error(saved, str(saved / ADAPTER_CONFIG), "corrupt JSON")
@@ -440,23 +443,25 @@ def test_switching_gives_each_adapters_own_outputs(tmp_path):
         want[name] = logits(loaded.model, batch)
         save(loaded, tmp_path / name, method)
     model = fresh()
+    bank = AdapterBank(model)
     for name in specs:
-        load_adapter(model, tmp_path / name, name=name)
-    assert list_adapters(model) == sorted(specs) and active_adapter(model) == "d"
-    set_active_adapter(model, "a")
+        bank.load(tmp_path / name, name=name)
+    assert bank.names == sorted(specs) and bank.active == "d"
+    assert not any(k.startswith("_lsr") for k in vars(model))  # the bank is the caller's object, not the model's
+    bank.activate("a")
     layers_a = adapter_layers(model)
-    set_active_adapter(model, "b")  # same method and shapes: tensors swapped in place, layers kept
+    bank.activate("b")  # same method and shapes: tensors swapped in place, layers kept
     assert all(adapter_layers(model)[n] is layer for n, layer in layers_a.items())
     for name in ["b", "a", "c", "d", "a", "d", "b"]:
-        set_active_adapter(model, name)
+        bank.activate(name)
         assert torch.equal(logits(model, batch), want[name]), name
     merge_adapters(model)  # merged serving: unmerge, swap, merge again
     for name in ["a", "c", "d", "b"]:
-        set_active_adapter(model, name)
+        bank.activate(name)
         assert all(layer.merged for layer in adapter_layers(model).values())
         assert (logits(model, batch) - want[name]).abs().max() <= 1e-5
     with pytest.raises(LsrAdaptError, match="no adapter named 'e' is loaded; valid choices: a, b, c, d"):
-        set_active_adapter(model, "e")
+        bank.activate("e")
 
 
 # -- continue training -------------------------------------------------------------------------------

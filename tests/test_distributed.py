@@ -218,7 +218,7 @@ def test_fsdp_that_accelerate_does_not_apply_is_an_error_not_silent_ddp(tmp_path
 
 
 def test_fsdp_setting_is_checked(monkeypatch):
-    from lsr_adapt.train import _fsdp_args
+    from lsr_adapt.training.arguments import fsdp_args as _fsdp_args
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(LsrAdaptError, match="training.fsdp='yes'; valid choices: true, false"):

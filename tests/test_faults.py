@@ -13,7 +13,8 @@ import torch
 from conftest import ROOT, run_train
 
 from lsr_adapt import LsrAdaptError
-from lsr_adapt.checkpointing import MANIFEST, WEIGHTS, NonFiniteLoss, checkpoint_dirs, checkpoint_problem
+from lsr_adapt.training.checkpoints import MANIFEST, WEIGHTS, checkpoint_dirs, checkpoint_problem
+from lsr_adapt.training.trainer import NonFiniteLoss
 
 SMOKE = ["experiment=smoke", "logger=none", "training.num_train_epochs=2", "training.checkpoint_every=5"]
 
@@ -94,7 +95,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
         f = newest / WEIGHTS
         f.write_bytes(f.read_bytes()[:-7])
 
-    with caplog.at_level("WARNING", logger="lsr_adapt.checkpointing"):
+    with caplog.at_level("WARNING", logger="lsr_adapt.training.checkpoints"):
         run, resumed = _crash_then_resume(tmp_path, 42, corrupt=truncate_newest)
     assert "skipping checkpoint" in caplog.text and "checkpoint-40" in caplog.text
     assert resumed["resumed_from"].endswith("checkpoint-35")

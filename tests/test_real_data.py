@@ -57,7 +57,7 @@ def test_drug_reviews_splits_are_real_and_binary_by_default(fetched):
 
 @pytest.mark.slow
 def test_lora_on_real_reviews_beats_the_majority_class(fetched, tmp_path):
-    from lsr_adapt.train import train
+    from lsr_adapt.training import train
 
     cfg = compose("model=minilm_lora", "data=drug_reviews", f"output_dir={tmp_path}", "training.report_to=none",
                   "data.max_length=128", "training.num_train_epochs=4", "training.learning_rate=1e-3",

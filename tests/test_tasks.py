@@ -70,7 +70,11 @@ def test_distilbert_configs():
     for model, method in [("distilbert_lora", "lora"), ("distilbert_head", "head")]:
         m = compose(f"model={model}").model
         assert m.name_or_path == "distilbert-base-uncased-finetuned-sst-2-english"
-        assert (m.family, list(m.target_modules), m.adaptation_type) == ("distilbert", ["q_lin", "k_lin", "v_lin"], method)
+        assert (m.family, m.target_modules, m.adaptation_type) == ("distilbert", None, method)
+    # null: the architecture's default, the one source of it
+    from lsr_adapt.adapters import DEFAULT_TARGET_MODULES
+
+    assert DEFAULT_TARGET_MODULES["distilbert"] == ["q_lin", "k_lin", "v_lin"]
 
 
 def test_imdb_reference_experiment_configs():

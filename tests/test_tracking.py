@@ -25,7 +25,7 @@ def closed_port() -> int:
 
 
 def train_with(tmp_path, name, *overrides):
-    from lsr_adapt.train import train
+    from lsr_adapt.training import train
 
     return train(compose(*SMALL, f"output_dir={tmp_path / name}", *overrides))
 

@@ -44,3 +44,35 @@ def flags_first(argv: list[str]) -> list[str]:
                 continue
             (overrides if "=" in value or value.startswith("-") else flags).append(value)
     return flags + overrides
+
+
+def add_run_loading_args(parser, device: bool = True) -> None:
+    """The options every command that rebuilds a saved run takes (predict, generate, export)."""
+    parser.add_argument("--base", help="base model path/id, if not where the run loaded it from")
+    if device:
+        parser.add_argument("--device", help="e.g. cuda; default cpu")
+    parser.add_argument("--no-fingerprint-check", action="store_true", help="load even if the base weights differ")
+    parser.add_argument("--no-checksum-check", action="store_true",
+                        help="load an adapter file that was edited on purpose (its checksum no longer matches)")
+
+
+def run_loading_kwargs(args) -> dict:
+    """The keyword arguments of ``artifacts.load_run`` that ``add_run_loading_args`` options set."""
+    return {"base": args.base, "check_fingerprint": not args.no_fingerprint_check,
+            "check_checksum": not args.no_checksum_check}
+
+
+def quiet_hf() -> None:
+    """For command-line tools: no progress bars or load reports from transformers / datasets on the
+    terminal, so stdout is the answer and stderr, on bad input, the one ``error:`` line (the copy
+    ``exit_on_user_error`` logs to the "lsr_adapt" logger is for log files, not the terminal)."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: record.name != "lsr_adapt")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()

@@ -11,3 +11,9 @@ class LsrAdaptError(Exception):
 
 def choices_error(what: str, value, choices) -> LsrAdaptError:
     return LsrAdaptError(f"unknown {what} {value!r}; valid choices: {', '.join(map(str, sorted(choices)))}")
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -22,8 +22,11 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, add_run_loading_args, load_run, quiet_hf
-from .cli import exit_on_user_error
+from .adapters import adapter_layers, merge_and_unload, replace_modules
+from .adapters.qlora import dequantize
+from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_run
+from .artifacts.peft_format import peft_lokr, peft_lora, svd_lora
+from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError, choices_error
 from .iofiles import publish_dir, write_json
 
@@ -60,8 +63,6 @@ def merged_plain_model(model):
     A 4-bit (QLoRA) base is dequantized first, so the export holds W = dequant(W₀) + ΔW in fp32,
     the weight the live QLoRA model computes with, instead of re-quantizing the sum.
     """
-    from .adapters import adapter_layers, merge_and_unload, replace_modules
-
     for name, layer in list(adapter_layers(model).items()):
         if _is_4bit(layer.base_layer):
             layer.unmerge()
@@ -70,14 +71,12 @@ def merged_plain_model(model):
     merge_and_unload(model)
     quantized = [n for n, m in model.named_modules() if _is_4bit(m)]
     if quantized:
-        from .adapters.qlora import dequantize
-
         replace_modules(model, quantized, lambda m, _n: _linear(dequantize(m.weight), m.bias))
     return model
 
 
 def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool = False, base: str | None = None,
-           check_fingerprint: bool = True) -> dict:
+           check_fingerprint: bool = True, check_checksum: bool = True) -> dict:
     """Write ``run_dir``'s adapter to ``out`` in ``fmt``; returns the report also saved as export_report.json."""
     if fmt not in FORMATS:
         raise choices_error("export format", fmt, FORMATS)
@@ -88,7 +87,7 @@ def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool =
     out = Path(out)
     if out.exists() and not overwrite:
         raise LsrAdaptError(f"{out}: already exists; choose another output directory or pass --overwrite")
-    run = load_run(run_dir, base=base, check_fingerprint=check_fingerprint)
+    run = load_run(run_dir, base=base, check_fingerprint=check_fingerprint, check_checksum=check_checksum)
     meta = run.adapter_config
     report = {"format": fmt, "source": str(run_dir), "adaptation_type": meta.get("adaptation_type"),
               "method_config": meta.get("method_config"), "base_model": meta.get("base_model")}
@@ -105,8 +104,6 @@ def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool =
             write_json(tmp / REPORT, report)
     else:
         from safetensors.torch import save
-
-        from .peft_format import peft_lokr, peft_lora, svd_lora
 
         if fmt == "peft":
             config, tensors = peft_lora(run.model, meta)
@@ -151,7 +148,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     quiet_hf()
     report = exit_on_user_error(export, args.run, args.fmt, args.out, args.rank, overwrite=args.overwrite,
-                                base=args.base, check_fingerprint=not args.no_fingerprint_check)
+                                **run_loading_kwargs(args))
     print(json.dumps(report, indent=2) if args.json else summary(report, args.out))
 
 

@@ -16,38 +16,22 @@ import argparse
 
 import torch
 
-from .artifacts import (
-    LoadedRun,
-    add_run_loading_args,
-    load_adapter,
-    quiet_hf,
-    saved_run,
-)
+from .adapters import merge_adapters, unmerge_adapters
+from .artifacts import LoadedRun, load_run, saved_run
+from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError
 
 
-def load_lm_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True,
+def load_lm_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True, check_checksum: bool = True,
                 device: str | None = None, adapter: bool = True) -> LoadedRun:
-    """A saved causal-LM run rebuilt for generation: base LM + tokenizer + adapter, eval mode, frozen.
-
-    (``artifacts.load_run`` rebuilds classifiers; this is its causal-LM counterpart.)
-    """
-    from .tasks.causal_lm import load_causal_lm
-
-    run_dir, adapter_config, run_config, base = saved_run(run_dir, base)
+    """A saved causal-LM run rebuilt for generation (``artifacts.load_run``), refusing other task types."""
+    _, adapter_config, _, _ = saved_run(run_dir, base)
     task_type = adapter_config.get("task_type")
     if task_type != "causal_lm":
         raise LsrAdaptError(f"{run_dir}: a {task_type or 'classification'} run, not a causal_lm one; "
                             f"use python -m lsr_adapt.predict for it")
-    loaded = load_causal_lm(base)
-    model = loaded.model
-    if adapter:
-        load_adapter(model, run_dir, check_fingerprint=check_fingerprint)
-    model.requires_grad_(False)
-    model.eval()
-    if device:
-        model.to(device)
-    return LoadedRun(model, loaded.tokenizer, adapter_config, run_config, run_dir)
+    return load_run(run_dir, base=base, check_fingerprint=check_fingerprint, check_checksum=check_checksum,
+                    device=device, adapter=adapter)
 
 
 def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
@@ -63,8 +47,6 @@ def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
 def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 40, merged: bool = False,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> str:
     """The prompt's continuation (new tokens only, decoded without special tokens)."""
-    from .adapters import merge_adapters, unmerge_adapters
-
     if max_new_tokens < 1:
         raise LsrAdaptError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
     if temperature < 0 or not 0 < top_p <= 1:
@@ -87,8 +69,7 @@ def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 40, merged: bool
 
 
 def run_cli(args) -> None:
-    run = load_lm_run(args.run, base=args.base, check_fingerprint=not args.no_fingerprint_check,
-                      device=args.device, adapter=not args.no_adapter)
+    run = load_lm_run(args.run, **run_loading_kwargs(args), device=args.device, adapter=not args.no_adapter)
     for prompt in args.prompt:
         text = generate(run, prompt, args.max_new_tokens, merged=args.merged, temperature=args.temperature,
                         top_p=args.top_p, seed=args.seed)
@@ -96,8 +77,6 @@ def run_cli(args) -> None:
 
 
 def main(argv=None) -> None:
-    from .cli import exit_on_user_error
-
     p = argparse.ArgumentParser(prog="python -m lsr_adapt.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a causal_lm run directory")
     p.add_argument("--prompt", required=True, action="append", help="text to continue (repeat for several)")

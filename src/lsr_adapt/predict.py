@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import yaml
 
-from .artifacts import LoadedRun, add_run_loading_args, load_run, quiet_hf
-from .cli import exit_on_user_error
+from .artifacts import LoadedRun, load_run
+from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
 
@@ -211,7 +211,7 @@ def run_cli(args) -> None:
         raise LsrAdaptError("--file needs --out PREDICTIONS.csv")
     if args.text_pair is not None and args.text is None:
         raise LsrAdaptError("--text-pair goes with --text")
-    run = load_run(args.run, base=args.base, check_fingerprint=not args.no_fingerprint_check, device=args.device)
+    run = load_run(args.run, **run_loading_kwargs(args), device=args.device)
     if args.text is not None:
         pred = predict_texts(run, [args.text], None if args.text_pair is None else [args.text_pair])[0]
         print(json.dumps(pred) if args.json else _format(pred))

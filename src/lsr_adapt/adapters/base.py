@@ -63,6 +63,7 @@ class AdapterLayer(nn.Module):
         self.base_layer = base_layer
         self.merged = False
         self.adapter_enabled = True
+        self._merge_on_enable = False  # merge() asked while disabled, or a merged layer disabled
         self._unmerged_weight: torch.Tensor | None = None
 
     # -- to implement ------------------------------------------------------------------------
@@ -98,6 +99,9 @@ class AdapterLayer(nn.Module):
         """
         if self.merged:
             return
+        if not self.adapter_enabled:  # a disabled layer stays the base layer; merged once enabled
+            self._merge_on_enable = True
+            return
         weight = self.base_layer.weight
         delta = self.delta_weight().to(weight.dtype)
         if not torch.isfinite(delta).all():  # NaN/inf would poison the base weight for good
@@ -109,6 +113,7 @@ class AdapterLayer(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
+        self._merge_on_enable = False
         if not self.merged:
             return
         self.base_layer.weight.data = self._unmerged_weight
@@ -116,7 +121,15 @@ class AdapterLayer(nn.Module):
         self.merged = False
 
     def enable_adapter(self, enabled: bool = True) -> None:
+        """Disabled, the layer is the base layer alone, merged or not: a merged ΔW is taken out of the
+        weight (exactly, ``unmerge``) and folded back in when the adapter is enabled again."""
+        if not enabled and self.merged:
+            self.unmerge()
+            self._merge_on_enable = True
         self.adapter_enabled = enabled
+        if enabled and self._merge_on_enable:
+            self._merge_on_enable = False
+            self.merge()
 
     def disable_adapter(self) -> None:
         self.enable_adapter(False)

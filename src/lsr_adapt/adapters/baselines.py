@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from .registry import register_method
+
 
 @dataclass
 class FullConfig:
@@ -28,3 +30,7 @@ class HeadConfig:
     """No options: only the task head (and weights missing from the checkpoint) trains."""
 
     train_base: ClassVar[bool] = False
+
+
+register_method("full", FullConfig, description="every weight trains")
+register_method("head", HeadConfig, description="only the task head trains")

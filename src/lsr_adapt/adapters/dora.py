@@ -29,6 +29,7 @@ from torch import nn
 
 from .base import add_low_rank
 from .lora import LoRAConfig, LoRALinear
+from .registry import register_method
 
 
 @dataclass
@@ -39,9 +40,10 @@ class DoRAConfig(LoRAConfig):
 class DoRALinear(LoRALinear):
     """LoRA (``lora_A`` r × in, ``lora_B`` out × r) plus ``lora_magnitude`` (out,); see the module doc."""
 
-    def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
-                 use_rslora: bool = False):
-        super().__init__(base_layer, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora)
+    config_cls = DoRAConfig
+
+    def __init__(self, base_layer: nn.Module, cfg: DoRAConfig | None = None, name: str = "", **values):
+        super().__init__(base_layer, cfg, name, **values)
         with torch.no_grad():
             norm = torch.linalg.vector_norm(self.base_weight().float(), dim=1)
         self.lora_magnitude = nn.Parameter(norm.to(self.lora_A.dtype))
@@ -78,6 +80,5 @@ class DoRALinear(LoRALinear):
         z = add_low_rank(wx, xd, self.lora_A, self.lora_B.T, self.scaling)  # W₀x' + s·BAx' (out of place)
         return base + scale.to(base.dtype) * z - wx
 
-    @classmethod
-    def from_config(cls, base_layer: nn.Module, cfg: DoRAConfig) -> DoRALinear:
-        return cls(base_layer, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, use_rslora=cfg.use_rslora)
+
+register_method("dora", DoRAConfig, DoRALinear, description="m ⊙ (W + s·BA) / ‖W + s·BA‖_row")

@@ -30,6 +30,7 @@ from ..errors import LsrAdaptError
 from .base import add_low_rank
 from .inject import adapter_layers
 from .lora import LoRAConfig, LoRALinear
+from .registry import register_method
 
 
 @dataclass
@@ -48,11 +49,12 @@ class DyLoRAConfig(LoRAConfig):
 class DyLoRALinear(LoRALinear):
     """LoRA of rank r trained at a random leading rank b per step; see the module doc."""
 
-    def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
-                 use_rslora: bool = False, eval_rank: int | None = None):
-        super().__init__(base_layer, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora)
+    config_cls = DyLoRAConfig
+
+    def __init__(self, base_layer: nn.Module, cfg: DyLoRAConfig | None = None, name: str = "", **values):
+        super().__init__(base_layer, cfg, name, **values)
         self.eval_rank = self.r
-        self.set_rank(eval_rank or self.r)
+        self.set_rank(self.config.eval_rank or self.r)
         # the rank of the current training step, set for all layers at once by the model's
         # forward pre-hook (``install_rank_sampler``); a layer used alone samples its own
         self.train_rank: torch.Tensor | None = None
@@ -90,11 +92,6 @@ class DyLoRALinear(LoRALinear):
         row_weight = (self.rank_index <= b).to(self.lora_A.dtype) * self.rank_scaling(b.to(self.lora_A.dtype))
         a = self.lora_A * row_weight[:, None]
         return add_low_rank(self.base_layer(x), self.dropout(x), a, self.lora_B.T, 1.0)
-
-    @classmethod
-    def from_config(cls, base_layer: nn.Module, cfg: DyLoRAConfig) -> DyLoRALinear:
-        return cls(base_layer, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, use_rslora=cfg.use_rslora,
-                   eval_rank=cfg.eval_rank)
 
 
 def dylora_layers(model: nn.Module) -> list[DyLoRALinear]:
@@ -146,3 +143,7 @@ def rank_metrics(model: nn.Module, cfg: DyLoRAConfig, evaluate) -> dict:
             layer.set_rank(saved[id(layer)])
     out["rank_metrics"] = table
     return out
+
+
+register_method("dylora", DyLoRAConfig, DyLoRALinear, prepare=install_rank_sampler, after_train=rank_metrics,
+                description="LoRA trained at a random leading rank b ≤ r per step")

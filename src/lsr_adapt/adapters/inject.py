@@ -11,14 +11,17 @@ from torch import nn
 from ..errors import LsrAdaptError
 from .base import SUPPORTED_BASE_LAYERS, AdapterLayer
 
-# Sensible defaults per architecture (model.config.model_type), as in the LoRA paper and peft.
+# The one source of default target layers per architecture (model.config.model_type): the LoRA
+# paper's q,v for encoders and decoders; all three attention inputs for DistilBERT and Whisper, as
+# the IMDB and gravitational-wave experiments were measured. conf/backbone/*.yaml leave
+# target_modules null to use these; set it to override.
 DEFAULT_TARGET_MODULES = {
     "roberta": ["query", "value"],
     "bert": ["query", "value"],
     "xlm-roberta": ["query", "value"],
     "deberta-v2": ["query_proj", "value_proj"],
-    "distilbert": ["q_lin", "v_lin"],
-    "whisper": ["q_proj", "v_proj"],
+    "distilbert": ["q_lin", "k_lin", "v_lin"],
+    "whisper": ["q_proj", "k_proj", "v_proj"],
     "llama": ["q_proj", "v_proj"],
     "mistral": ["q_proj", "v_proj"],
     "qwen2": ["q_proj", "v_proj"],
@@ -29,6 +32,14 @@ ALL_LINEAR = "all-linear"
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def adapter_entry_names(model: nn.Module) -> set[str]:
+    """State-dict names of every adapter layer's own tensors (not its wrapped base layer)."""
+    names = set()
+    for lname, layer in adapter_layers(model).items():
+        names.update(f"{lname}.{k}" for k in layer.state_dict(keep_vars=True) if not k.startswith("base_layer."))
+    return names
 
 
 def _candidate_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .base import AdapterLayer, add_low_rank
+from .registry import register_method
 
 
 @dataclass
@@ -33,20 +34,21 @@ class LoRALinear(AdapterLayer):
 
     a_params = ("lora_A",)
     b_params = ("lora_B",)
+    config_cls = LoRAConfig  # the LoRA family's layers take their own subclass of it
 
-    def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
-                 use_rslora: bool = False):
+    def __init__(self, base_layer: nn.Module, cfg: LoRAConfig | None = None, name: str = "", **values):
+        """``cfg`` (the method's config dataclass), or its fields as keywords (``r=8, alpha=16``)."""
         super().__init__(base_layer)
-        LoRAConfig(r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora)  # validates
-        self.r = int(r)
-        self.alpha = float(alpha)
-        self.use_rslora = bool(use_rslora)
-        self.scaling = self.alpha / (math.sqrt(self.r) if use_rslora else self.r)
+        self.config = cfg = cfg if cfg is not None else self.config_cls(**values)
+        self.r = int(cfg.r)
+        self.alpha = float(cfg.alpha)
+        self.use_rslora = bool(cfg.use_rslora)
+        self.scaling = self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
         w = base_layer.weight
         self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r, dtype=w.dtype, device=w.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling  # (out, r) @ (r, in) -> (out, in)
@@ -54,6 +56,5 @@ class LoRALinear(AdapterLayer):
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         return add_low_rank(self.base_layer(x), self.dropout(x), self.lora_A, self.lora_B.T, self.scaling)
 
-    @classmethod
-    def from_config(cls, base_layer: nn.Module, cfg: LoRAConfig) -> LoRALinear:
-        return cls(base_layer, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, use_rslora=cfg.use_rslora)
+
+register_method("lora", LoRAConfig, LoRALinear, description="W + (α/r)·BA")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .lora import LoRAConfig, LoRALinear
+from .registry import register_method
 
 
 @dataclass
@@ -32,12 +33,11 @@ class LoRAFALinear(LoRALinear):
     """``LoRALinear`` whose ``lora_A`` never trains (``frozen_params``)."""
 
     frozen_params = ("lora_A",)
+    config_cls = LoRAFAConfig
 
-    def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
-                 use_rslora: bool = False):
-        super().__init__(base_layer, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora)
+    def __init__(self, base_layer: nn.Module, cfg: LoRAFAConfig | None = None, name: str = "", **values):
+        super().__init__(base_layer, cfg, name, **values)
         self.lora_A.requires_grad_(False)
 
-    @classmethod
-    def from_config(cls, base_layer: nn.Module, cfg: LoRAFAConfig) -> LoRAFALinear:
-        return cls(base_layer, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, use_rslora=cfg.use_rslora)
+
+register_method("lora_fa", LoRAFAConfig, LoRAFALinear, description="LoRA with A frozen at init")

@@ -18,8 +18,9 @@ from torch import nn
 
 from ..errors import LsrAdaptError
 from .inject import adapter_layers
-from .lora import LoRAConfig
-from .lsr import LSRConfig
+from .lora import LoRAConfig, LoRALinear
+from .lsr import LSRConfig, LSRLinear
+from .registry import register_method
 
 
 def _check_ratio(ratio: float) -> None:
@@ -81,3 +82,10 @@ def lora_plus_param_groups(model: nn.Module, cfg, lr: float, weight_decay: float
             groups.append({"name": key, "params": params, "lr": lr * ratio if key.startswith("b") else lr,
                            "weight_decay": weight_decay if not key.endswith("no_decay") else 0.0})
     return groups
+
+
+# methods that change only the optimizer reuse LoRA's / LSR's layers
+register_method("lora_plus", LoRAPlusConfig, LoRALinear, description="LoRA with η_B = lr_ratio·η_A",
+                param_groups=lora_plus_param_groups)
+register_method("lsr_plus", LSRPlusConfig, LSRLinear, description="LSR with η(B₁,B₂) = lr_ratio·η(A₁,A₂)",
+                param_groups=lora_plus_param_groups)

@@ -109,11 +109,14 @@ class LSRLinear(AdapterLayer):
     a_params = ("lsr_A1", "lsr_A2")
     b_params = ("lsr_B1", "lsr_B2")
 
-    def __init__(self, base_layer: nn.Module, r: int = 2, num_terms: int = 16, alpha: float = 64.0,
-                 dropout: float = 0.0, form: str = "sum", path: str = "auto",
-                 in_factors=None, out_factors=None, name: str = ""):
+    config_cls = LSRConfig
+
+    def __init__(self, base_layer: nn.Module, cfg: LSRConfig | None = None, name: str = "", **values):
+        """``cfg`` (the method's config dataclass), or its fields as keywords (``r=2, num_terms=16``)."""
         super().__init__(base_layer)
-        LSRConfig(r=r, num_terms=num_terms, alpha=alpha, dropout=dropout, form=form, path=path)
+        self.config = cfg = cfg if cfg is not None else self.config_cls(**values)
+        r, num_terms, alpha, form, path = int(cfg.r), int(cfg.num_terms), float(cfg.alpha), cfg.form, cfg.path
+        in_factors, out_factors, dropout = cfg.in_factors, cfg.out_factors, cfg.dropout
         layer = name or f"{self.out_features}x{self.in_features}"
         self.d1, self.d2 = self._check_factors(in_factors, self.in_features, layer, "input dim")
         self.k1, self.k2 = self._check_factors(out_factors, self.out_features, layer, "output dim")
@@ -208,8 +211,5 @@ class LSRLinear(AdapterLayer):
         y = torch.einsum("tcp,ntpd->ncd", b1, v)  # Σᵢ B₁ᵢ Zᵢ B₂ᵢᵀ, (N, k₁, k₂)
         return (y * self.scaling).reshape(*lead, self.out_features)
 
-    @classmethod
-    def from_config(cls, base_layer: nn.Module, cfg: LSRConfig, name: str = "") -> LSRLinear:
-        return cls(base_layer, r=cfg.r, num_terms=cfg.num_terms, alpha=cfg.alpha, dropout=cfg.dropout,
-                   form=cfg.form, path=cfg.path, in_factors=cfg.in_factors, out_factors=cfg.out_factors,
-                   name=name)
+
+register_method("lsr", LSRConfig, LSRLinear, description="W + s·Σᵢ (B₁ᵢ⊗B₂ᵢ)(A₁ᵢ⊗A₂ᵢ)")

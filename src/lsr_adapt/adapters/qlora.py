@@ -34,10 +34,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import LsrAdaptError
+from ..errors import LsrAdaptError, first_line
 from .base import Conv1D
 from .inject import _candidate_layers, replace_modules
 from .lora import LoRAConfig, LoRALinear
+from .registry import register_method
 
 MIN_CPU_BITSANDBYTES = "0.50"  # the version whose CPU backend the tests were run against
 QUANT_TYPES = ("nf4", "fp4")
@@ -78,7 +79,7 @@ def bitsandbytes():
     try:
         import bitsandbytes as bnb
     except Exception as e:  # ImportError, or a broken native library
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise LsrAdaptError(
             f"adaptation_type=qlora needs bitsandbytes (pip install 'lsr-adapt[qlora]'); importing it failed: {reason}"
         ) from None
@@ -158,10 +159,13 @@ def dequantize(weight: torch.Tensor) -> torch.Tensor:
 class QLoRALinear(LoRALinear):
     """LoRA (fp32 ``lora_A`` / ``lora_B``) around a frozen 4-bit ``Linear4bit``; see the module doc."""
 
-    def __init__(self, base_layer: nn.Module, cfg: QLoRAConfig, name: str = ""):
+    config_cls = QLoRAConfig
+
+    def __init__(self, base_layer: nn.Module, cfg: QLoRAConfig | None = None, name: str = "", **values):
+        cfg = cfg if cfg is not None else QLoRAConfig(**values)
         lin = _as_linear(base_layer)
         # LoRA's factors take the dtype of the float weight, before it is quantized away
-        super().__init__(lin, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, use_rslora=cfg.use_rslora)
+        super().__init__(lin, cfg, name)
         self.base_layer = quantize_linear(lin, cfg, name)
         self.fan_in_fan_out = False
         self.quant_config = cfg
@@ -194,10 +198,6 @@ class QLoRALinear(LoRALinear):
         self._unmerged_weight = None
         self.merged = False
 
-    @classmethod
-    def from_config(cls, base_layer: nn.Module, cfg: QLoRAConfig, name: str = "") -> QLoRALinear:
-        return cls(base_layer, cfg, name)
-
 
 def quantize_frozen_linears(model: nn.Module, cfg: QLoRAConfig) -> None:
     """``prepare`` hook: quantize every Linear of the encoder that LoRA did not wrap (not the head).
@@ -225,11 +225,15 @@ def _quant_state_bytes(qs) -> int:
     return total
 
 
+def logical_numel(p: torch.Tensor) -> int:
+    """Number of weights a parameter holds; a bitsandbytes 4-bit weight stores two per byte element."""
+    quant_state = getattr(p, "quant_state", None)
+    return quant_state.shape.numel() if quant_state is not None else p.numel()
+
+
 def weight_memory(model: nn.Module) -> dict:
     """Bytes held by the frozen weights: the 4-bit Linear weights (codes + all quantisation
     statistics) and every frozen parameter of the model (embeddings and LayerNorms stay fp32)."""
-    from ..modeling import logical_numel
-
     q_params = q_bytes = 0
     for p in model.parameters():
         qs = getattr(p, "quant_state", None)
@@ -260,3 +264,6 @@ def qlora_training_args(cfg: QLoRAConfig) -> dict:
     """``training_args`` hook: the paged optimizer, when asked for."""
     return {"optim": "paged_adamw_32bit"} if cfg.paged_optimizer else {}
 
+
+register_method("qlora", QLoRAConfig, QLoRALinear, prepare=quantize_frozen_linears, training_args=qlora_training_args,
+                after_train=report_weight_memory, description="LoRA over a 4-bit NF4 frozen base")

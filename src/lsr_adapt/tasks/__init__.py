@@ -1,12 +1,13 @@
 """Task types: what a data config's ``task_type`` changes in a training run.
 
-``train.train`` is task-agnostic; it asks ``get_task(data_cfg)`` for
+``training.train`` is task-agnostic; it asks ``get_task(data_cfg)`` for
 
 * ``load(name_or_path, data_cfg, model_cfg) -> LoadedModel``: the model class and its tokenizer /
   feature extractor (sequence classifier, causal LM, Whisper-encoder detector),
 * ``prepare_splits(data_cfg, tokenizer, seed, need_train) -> {"train", "validation", ["test"]}``,
 * ``collator(tokenizer)``, ``compute_metrics(metric_names, data_cfg)`` (None: metrics come from the loss),
-* ``trainer_cls()``: the ``transformers.Trainer`` class to use (the causal LM one adds perplexity),
+* ``loss_metrics``: metrics computed from the evaluation loss, or None (the causal LM's perplexity;
+  such evaluations keep no logits),
 * ``training_args(data_cfg)``: extra ``TrainingArguments`` (the GW task's label names).
 
 Task types (``data.task_type``; docs/tasks.md):
@@ -47,8 +48,8 @@ class Task:
     prepare_splits: Callable[..., dict]
     collator: Callable[[Any], Any]
     compute_metrics: Callable[[list[str], Any], Callable | None]
-    trainer_cls: Callable[[], type]
     training_args: Callable[[Any], dict] = _no_training_args  # extra TrainingArguments for this task
+    loss_metrics: Callable[[float], dict] | None = None  # e.g. {"perplexity": exp(loss)}
 
 
 def task_type_of(data_cfg) -> str:

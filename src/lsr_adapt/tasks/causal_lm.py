@@ -33,7 +33,7 @@ import random
 from itertools import chain
 from pathlib import Path
 
-from ..errors import LsrAdaptError
+from ..errors import LsrAdaptError, first_line
 from . import Task
 
 log = logging.getLogger(__name__)
@@ -59,21 +59,27 @@ def load_causal_lm(name_or_path: str, dtype: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..modeling import LoadedModel, _first_line
+    from ..modeling import LoadedModel
 
     source, kwargs = _source(str(name_or_path))
+    from ..hub import hub_error, require_hub
+
     try:
+        require_hub(source, "model")  # an unreachable hub: one line at once, not a minute of retries
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
-        raise LsrAdaptError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(e)}") from None
+        raise hub_error(source, "model", e) or LsrAdaptError(
+            f"cannot load the tokenizer of {name_or_path!r}: {first_line(e)}") from None
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers ship without one; blocks are never padded
         tokenizer.pad_token = tokenizer.eos_token
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype)
     try:
+        require_hub(source, "model")
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
-        raise LsrAdaptError(f"cannot load causal LM {name_or_path!r}: {_first_line(e)}") from None
+        raise hub_error(source, "model", e) or LsrAdaptError(
+            f"cannot load causal LM {name_or_path!r}: {first_line(e)}") from None
     if "gguf_file" in kwargs:
         # the weights are plain float tensors now; left marked as quantized, the Trainer refuses to train
         model.config.quantization_config = None
@@ -214,29 +220,14 @@ def _collator(tokenizer):
 
 
 def _compute_metrics(names, data_cfg=None):
-    return None  # perplexity comes from the loss (CausalLMTrainer); no logits are kept
+    return None  # perplexity comes from the loss (_loss_metrics); no logits are kept
 
 
-def _trainer_cls():
-    from transformers import Trainer
-
+def _loss_metrics(loss: float) -> dict:
     from ..metrics import perplexity
 
-    class CausalLMTrainer(Trainer):
-        """Adds ``<prefix>_perplexity = exp(<prefix>_loss)`` to every evaluation and keeps no logits
-        (they would be blocks × tokens × vocabulary floats)."""
-
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                            metric_key_prefix="eval"):
-            out = super().evaluation_loop(dataloader, description, prediction_loss_only=True,
-                                          ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-            loss = out.metrics.get(f"{metric_key_prefix}_loss")
-            if loss is not None:
-                out.metrics[f"{metric_key_prefix}_perplexity"] = perplexity(loss)
-            return out
-
-    return CausalLMTrainer
+    return {"perplexity": perplexity(loss)}
 
 
 def make_task(name: str) -> Task:
-    return Task(name, _load, prepare_splits, _collator, _compute_metrics, _trainer_cls)
+    return Task(name, _load, prepare_splits, _collator, _compute_metrics, loss_metrics=_loss_metrics)

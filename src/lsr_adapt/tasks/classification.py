@@ -39,11 +39,5 @@ def _compute_metrics(names, data_cfg=None):
     return lambda p: {**compute(names, p.predictions, p.label_ids), "loss": mean_loss(p.predictions, p.label_ids)}
 
 
-def _trainer_cls():
-    from transformers import Trainer
-
-    return Trainer
-
-
 def make_task(name: str) -> Task:
-    return Task(name, _load, _prepare_splits, _collator, _compute_metrics, _trainer_cls)
+    return Task(name, _load, _prepare_splits, _collator, _compute_metrics)

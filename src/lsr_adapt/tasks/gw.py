@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LsrAdaptError
+from ..errors import LsrAdaptError, first_line
 from . import Task
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,15 @@ def load_detector(name_or_path: str, data_cfg, model_cfg=None):
     """Whisper encoder + feature extractor + MLP head as a ``modeling.LoadedModel``."""
     from transformers import AutoFeatureExtractor, WhisperFeatureExtractor, WhisperModel
 
-    from ..modeling import LoadedModel, _first_line
+    from ..hub import hub_error, require_hub
+    from ..modeling import LoadedModel
 
     try:
+        require_hub(name_or_path, "model")  # an unreachable hub: one line at once, not a minute of retries
         whisper = WhisperModel.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        raise LsrAdaptError(f"cannot load Whisper model {name_or_path!r}: {_first_line(e)}") from None
+        raise hub_error(name_or_path, "model", e) or LsrAdaptError(
+            f"cannot load Whisper model {name_or_path!r}: {first_line(e)}") from None
     encoder = whisper.get_encoder()
     try:
         fe = AutoFeatureExtractor.from_pretrained(name_or_path)
@@ -165,7 +168,7 @@ def _raw(data_cfg) -> tuple[dict, dict]:
     try:
         raw = load_from_disk(str(Path(str(path)).expanduser()))
     except Exception as e:  # noqa: BLE001 - not a save_to_disk layout, corrupt arrow files, ...
-        raise LsrAdaptError(f"cannot load data.path {path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise LsrAdaptError(f"cannot load data.path {path}: {first_line(e)}") from None
     if isinstance(raw, Dataset):  # one table: everything is "train"
         raw = DatasetDict({"train": raw})
     raw = dict(raw)
@@ -265,16 +268,10 @@ def _collator(feature_extractor):
     return GWCollator(feature_extractor)
 
 
-def _trainer_cls():
-    from transformers import Trainer
-
-    return Trainer
-
-
 def _training_args(data_cfg) -> dict:
     # the SNR rides along as a second label, so compute_metrics can bin the AUC by it
     return {"label_names": ["labels", "snr"]}
 
 
 def make_task(name: str) -> Task:
-    return Task(name, load_detector, prepare_splits, _collator, _compute_metrics, _trainer_cls, _training_args)
+    return Task(name, load_detector, prepare_splits, _collator, _compute_metrics, _training_args)

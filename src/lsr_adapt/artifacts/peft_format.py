@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import METHODS, adapter_layers
-from .adapters.lora import LoRALinear
-from .adapters.lsr import LSRLinear
-from .errors import LsrAdaptError
+from ..adapters import METHODS, adapter_layers
+from ..adapters.dora import DoRALinear
+from ..adapters.lora import LoRALinear
+from ..adapters.lsr import LSRLinear
+from ..errors import LsrAdaptError
+from .format import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,13 @@ def _head_tensors(model: nn.Module, meta: dict) -> tuple[dict, list[str]]:
     return tensors, mods
 
 
+# lsr-adapt task type -> peft's: the model class ``PeftModel`` rebuilds around the adapter
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
+
+
 def _base_config(meta: dict, layers, mods: list[str]) -> dict:
     return {
-        "task_type": "SEQ_CLS",
+        "task_type": PEFT_TASK_TYPES.get(meta.get("task_type"), "SEQ_CLS"),
         "base_model_name_or_path": meta.get("base_model"),
         "target_modules": sorted(layers),
         "modules_to_save": mods,
@@ -82,17 +88,8 @@ def _base_config(meta: dict, layers, mods: list[str]) -> dict:
     }
 
 
-def _dora_class():
-    try:
-        from .adapters.dora import DoRALinear
-    except ImportError:  # a build without DoRA
-        return None
-    return DoRALinear
-
-
 def is_dora(layer: nn.Module) -> bool:
-    cls = _dora_class()
-    return cls is not None and isinstance(layer, cls)
+    return isinstance(layer, DoRALinear)
 
 
 def _lora_delta(layer, a: torch.Tensor, b: torch.Tensor, magnitude: torch.Tensor | None) -> torch.Tensor:
@@ -284,10 +281,9 @@ def svd_lora(model: nn.Module, meta: dict, rank: int) -> tuple[dict, dict, dict]
 
 
 # -- import ----------------------------------------------------------------------------------------
-def artifact_from_peft(cfg: dict, cfg_file: Path, weights_file: Path):
-    """A peft LoRA / rsLoRA (/ DoRA, when that method is registered) adapter as an lsr-adapt Artifact."""
-    from .artifacts import Artifact, read_weights
-
+def artifact_from_peft(cfg: dict, cfg_file: Path, weights_file: Path, raw: dict[str, torch.Tensor]) -> Artifact:
+    """A peft LoRA / rsLoRA (/ DoRA, when that method is registered) adapter as an lsr-adapt Artifact;
+    ``raw``: the tensors of its weights file."""
     peft_type = str(cfg.get("peft_type"))
     if peft_type not in SUPPORTED_IMPORT:
         raise LsrAdaptError(f"{cfg_file}: peft_type {peft_type!r} cannot be imported; valid choices: "
@@ -298,7 +294,6 @@ def artifact_from_peft(cfg: dict, cfg_file: Path, weights_file: Path):
     method = "dora" if use_dora else "lora"
     if method not in METHODS:
         raise LsrAdaptError(f"{cfg_file}: use_dora=true needs the 'dora' method, which is not available")
-    raw = read_weights(weights_file)
     tensors, targets, ranks = {}, set(), set()
     suffixes = {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B"}
     for key, t in raw.items():

@@ -1,0 +1,72 @@
+"""Workarounds for transformers / accelerate internals, in one place, each labelled with the versions
+it was written for. When a library release changes one of these, this is the file to read.
+
+Written against transformers 5.23-5.24 and accelerate 1.15 (the lower bounds below are the oldest
+releases with the public API lsr-adapt uses; ``check_versions`` refuses older ones with one line).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from packaging.version import Version
+
+from ..errors import LsrAdaptError
+
+# keep in step with pyproject.toml (tests/test_app.py checks that they agree)
+MIN_VERSIONS = {
+    # TrainingArguments(warmup_steps=<float below 1>) as a ratio of the total steps, `dtype=` in
+    # from_pretrained, `train_sampling_strategy`: all transformers 5
+    "transformers": "5.0",
+    # FSDP2 (`fsdp_version: 2`) through the Trainer
+    "accelerate": "1.1",
+}
+
+
+def check_versions() -> None:
+    """Installed transformers / accelerate are at least the versions this code relies on."""
+    for name, minimum in MIN_VERSIONS.items():
+        installed = version(name)
+        if Version(installed) < Version(minimum):
+            raise LsrAdaptError(f"{name} {installed} is installed; lsr-adapt needs {name} >= {minimum}: "
+                                f"pip install -U '{name}>={minimum}'")
+
+
+def warmup_arg(ratio: float) -> dict:
+    """transformers 5: ``warmup_steps`` below 1 is a ratio of the total steps (``warmup_ratio`` is gone)."""
+    return {"warmup_steps": float(ratio)}
+
+
+def sampling_arg(how: str) -> dict:
+    """transformers 5 names length-grouped batching ``train_sampling_strategy``."""
+    return {"train_sampling_strategy": how}
+
+
+def fix_tensorboard_dir(trainer, out_dir) -> None:
+    """transformers 5.23: the TensorBoard callback opens its writer in ./runs of the current
+    directory when the evaluation before training comes first, unless told where."""
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "logging_dir", None) is None:
+            cb.logging_dir = str(out_dir / "runs")
+
+
+def shard_before_eval(trainer) -> None:
+    """Shard the model (and its optimizer) before the evaluation that precedes training.
+
+    accelerate 1.15 / transformers 5.23, FSDP2: model and optimizer must be prepared together (it
+    swaps the optimizer's parameters for the shards), which ``evaluate()`` before ``train()`` does
+    not do (transformers raises). Prepared here, ``train()`` finds both prepared and keeps them."""
+    trainer.create_optimizer()
+    model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+    trainer.model = trainer.model_wrapped = model
+
+
+def unprepare_after_eval(trainer, model) -> None:
+    """Let ``train()`` wrap the model in DDP after the evaluation before training.
+
+    accelerate 1.15 / transformers 5.23: ``evaluate()`` on a fresh Trainer has accelerate prepare
+    the model for evaluation and mark it prepared; ``train()`` then skips wrapping it, and each rank
+    would silently train its own replica with unsynchronised gradients. Forgetting that preparation
+    makes ``train()`` wrap it as it does when no evaluation came first."""
+    trainer.accelerator._models.clear()
+    model.__dict__.pop("_is_accelerate_prepared", None)

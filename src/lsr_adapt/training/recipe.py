@@ -1,0 +1,269 @@
+"""``train(cfg)``: one fine-tuning run from a composed Hydra config, as a short list of named phases.
+
+    validate → claim the run dir → model + adapter → data → trainer → evaluate before → fit →
+    evaluate the best weights → record → save
+
+Each phase is one function below with one job; ``train`` reads as the recipe. Kept apart from the
+``@hydra.main`` wrapper in ``main.py`` so tests (and other programs) call it with configs they
+compose themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+
+from ..adapters import AdapterMethod, get_method
+from ..artifacts import init_from_run, save_adapter
+from ..budget import apply_budget
+from ..config_schema import validate_config
+from ..distributed import assign_, barrier, gather_full_weights, is_main_process, world_size
+from ..errors import LsrAdaptError
+from ..iofiles import write_json
+from ..metrics import higher_is_better
+from ..modeling import LoadedModel, freeze_adapter, model_path_of, parameter_counts, prepare_model
+from ..tasks import Task, evaluate_extra, extra_eval_datasets, get_task
+from ..tracking import Tracking, start_tracking
+from . import compat
+from .arguments import check_fsdp, precision_of, training_arguments, user_callbacks
+from .checkpoints import load_recorder_state, load_trainable, remove_checkpoints, resume_checkpoint
+from .recorder import EpochRecorder, check_finite
+from .results import adapter_meta, results_record
+from .rundir import RESULTS, claim, output_dir_of, write_config
+from .trainer import AdapterTrainer
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fine-tune as configured; returns the results dict also written to ``<output_dir>/results.json``."""
+    validate(cfg)
+    out_dir = output_dir_of(cfg)
+    with claim(out_dir):
+        resume_from = resume_checkpoint(cfg, out_dir)
+        write_config(out_dir, cfg)
+        set_seed(int(cfg.training.seed))
+        task = get_task(cfg.data)
+        built = build_model(cfg, task)
+        splits, extra_eval = build_data(cfg, task, built.tokenizer)
+        run = build_trainer(cfg, task, built, splits, out_dir, resume_from)
+        before = evaluate_before(run, built, extra_eval)
+        fit(cfg, run, resume_from)
+        outcome = evaluate_best(run, built, splits, extra_eval, before, resume_from)
+        results = results_record(cfg, built, task.name, outcome, run.precision)
+        save_run(out_dir, built, results, adapter_meta(cfg, built, task.name, built.init_info))
+        run.tracking.finish(results)
+    log.info("best validation %s %.4f at epoch %s; results in %s", outcome["metric"], outcome["best_metric"],
+             outcome["best_epoch"], out_dir / RESULTS)
+    return results
+
+
+# -- 1. validate -------------------------------------------------------------------------------------
+def validate(cfg: DictConfig) -> None:
+    """Every value checked before any model or data loads: nothing left ``???``, types, ranges,
+    choices (``config_schema``); the precision this machine can run; libraries new enough."""
+    validate_config(cfg)
+    precision_of(str(cfg.training.get("precision", "auto")))  # fp16 needs CUDA
+    compat.check_versions()
+
+
+# -- 2. model + adapter --------------------------------------------------------------------------------
+@dataclass
+class BuiltModel:
+    loaded: LoadedModel
+    adaptation_type: str
+    method: AdapterMethod
+    method_values: dict  # the model.<method> section as configured (after budget matching)
+    name_or_path: str  # where the weights were loaded from
+    counts: dict
+    head_names: list[str]
+    init_info: dict | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+
+def build_model(cfg: DictConfig, task: Task) -> BuiltModel:
+    """The task's model class from the checkpoint, the method's adapter around its target layers,
+    and what trains: budget matching, ``init_from``, ``freeze_adapter``, ``disable_dropout``."""
+    mcfg = cfg.model
+    adaptation_type = str(mcfg.adaptation_type)
+    method = get_method(adaptation_type)
+    section = mcfg.get(adaptation_type)
+    method_values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
+    name_or_path = model_path_of(mcfg)
+    loaded = task.load(name_or_path, cfg.data, mcfg)
+    target_modules = mcfg.get("target_modules")
+    if target_modules is not None and not isinstance(target_modules, str):
+        target_modules = list(target_modules)
+    if OmegaConf.select(cfg, "budget.params") is not None:  # equal-budget runs: size fields from budget.params
+        method_values = apply_budget(loaded, adaptation_type, method_values, target_modules, cfg.budget)
+    counts = prepare_model(loaded, adaptation_type, method_values, target_modules)
+    built = BuiltModel(loaded, adaptation_type, method, method_values, name_or_path, counts,
+                       counts.pop("head_param_names"))
+    if cfg.get("init_from"):  # continue from a saved adapter (+ head when the label count matches)
+        built.init_info = init_from_run(built.model, cfg.init_from, adaptation_type, loaded.method_config,
+                                        int(cfg.data.num_labels), check_checksum=bool(cfg.get("init_from_checksum", True)))
+    if cfg.get("freeze_adapter"):  # e.g. stage 2 of "LoRA, then head only"
+        freeze_adapter(built.model)
+        counts.update(parameter_counts(built.model, built.head_names))
+    if cfg.training.get("disable_dropout"):  # e.g. to compare runs across process counts exactly
+        for module in built.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    log.info("%s on %s: %d trainable of %d parameters (%.3f%%; adapter %d, head %d)", adaptation_type,
+             cfg.data.name, counts["trainable_params"], counts["total_params"], counts["percent_trainable"],
+             counts["adapter_params"], counts["head_params"])
+    return built
+
+
+# -- 3. data ---------------------------------------------------------------------------------------------
+def build_data(cfg: DictConfig, task: Task, tokenizer) -> tuple[dict, dict]:
+    """(train / validation / [test] splits, extra evaluation splits such as MNLI mismatched)."""
+    seed = int(cfg.training.seed)
+    splits = task.prepare_splits(cfg.data, tokenizer, seed=seed, need_train=float(cfg.training.num_train_epochs) > 0)
+    return splits, extra_eval_datasets(task, cfg.data, tokenizer, seed)
+
+
+# -- 4. trainer --------------------------------------------------------------------------------------------
+@dataclass
+class TrainerRun:
+    trainer: AdapterTrainer
+    recorder: EpochRecorder
+    tracking: Tracking
+    metric: str
+    metric_names: list[str]
+    precision: str
+    extra: dict = field(default_factory=dict)
+
+
+def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, out_dir: Path,
+                  resume_from: Path | None) -> TrainerRun:
+    """The Trainer with its arguments, the epoch recorder and the tracker; a resumed run's trainable
+    weights and recorder state put back before the Trainer wraps the model."""
+    dcfg, tcfg = cfg.data, cfg.training
+    metric = str(dcfg.metric)
+    metric_names = list(dict.fromkeys([metric, *dcfg.metrics]))
+    model, method, method_cfg = built.model, built.method, built.loaded.method_config
+    recorder = EpochRecorder(model, metric, higher_is_better(metric))
+    # logger group: opens the tracker run (closed after results.json); rank 0 alone reports
+    tracking = start_tracking(cfg, out_dir) if is_main_process() else Tracking("none", [])
+    precision = precision_of(str(tcfg.get("precision", "auto")))
+    extra_args = {**task.training_args(dcfg), **(method.training_args(method_cfg) if method.training_args else {})}
+    args = training_arguments(cfg, out_dir, model, precision, tracking.report_to, extra_args)
+    skipped = []
+    if resume_from is not None:  # before the Trainer wraps the model in DDP
+        load_trainable(model, resume_from)
+        skipped = load_recorder_state(recorder, resume_from)
+    param_groups = None
+    if method.param_groups:  # e.g. LoRA+'s faster B: built when the Trainer makes its optimizer
+        def param_groups(m):
+            return method.param_groups(m, method_cfg, args.learning_rate, args.weight_decay)
+    trainer = AdapterTrainer(
+        model=model, args=args, train_dataset=splits.get("train"), eval_dataset=splits["validation"],
+        data_collator=task.collator(built.tokenizer), processing_class=built.tokenizer,
+        compute_metrics=task.compute_metrics(metric_names, dcfg), callbacks=[recorder, *user_callbacks(tcfg)],
+        recorder=recorder, trainable_names=[n for n, p in model.named_parameters() if p.requires_grad],
+        keep_checkpoints=tcfg.get("keep_checkpoints"), nonfinite=str(tcfg.get("nonfinite_loss", "stop")),
+        skipped_batches=skipped, param_groups=param_groups, loss_metrics=task.loss_metrics,
+    )
+    check_fsdp(args, trainer)
+    compat.fix_tensorboard_dir(trainer, out_dir)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    if trainer.is_fsdp_enabled:
+        compat.shard_before_eval(trainer)
+    return TrainerRun(trainer, recorder, tracking, metric, metric_names, precision["_name"])
+
+
+# -- 5. evaluate before training ---------------------------------------------------------------------------
+def evaluate_before(run: TrainerRun, built: BuiltModel, extra_eval: dict) -> dict:
+    """Validation metrics of the starting weights (kept in checkpoints: a resumed run has moved on)."""
+    recorder, trainer = run.recorder, run.trainer
+    if recorder.before is None:
+        before = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+        log.info("validation %s before training: %.4f", run.metric, before[run.metric])
+        if built.init_info is not None:  # a continued run keeps its starting weights unless an epoch beats them
+            recorder.consider(before[run.metric], 0)
+        recorder.before = {"metrics": before, "extra": evaluate_extra(trainer, extra_eval, run.metric_names)}
+    return recorder.before
+
+
+# -- 6. fit -------------------------------------------------------------------------------------------------
+def fit(cfg: DictConfig, run: TrainerRun, resume_from: Path | None) -> None:
+    """Train the configured epochs; a run that skipped more than ``training.nonfinite_max_skipped`` of
+    its steps (``nonfinite_loss=skip``) failed, however its metrics look."""
+    trainer = run.trainer
+    t0 = time.perf_counter()
+    run.extra["train_metrics"] = {}
+    if float(cfg.training.num_train_epochs) > 0:
+        if world_size() > 1 and not trainer.is_fsdp_enabled:
+            compat.unprepare_after_eval(trainer, trainer.model)
+        if resume_from is not None:
+            log.info("resuming from %s", resume_from)
+        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        run.extra["train_metrics"] = out.metrics
+        trainer.check_losses()
+    run.extra["train_runtime"] = time.perf_counter() - t0
+    steps, skipped = trainer.state.global_step, len(trainer.skipped_batches)
+    limit = float(cfg.training.get("nonfinite_max_skipped", 0.05))
+    if steps and skipped / steps > limit:
+        raise LsrAdaptError(f"{skipped} of {steps} training steps had a non-finite loss and were skipped, more than "
+                            f"training.nonfinite_max_skipped={limit}: the run diverged; lower training.learning_rate")
+
+
+# -- 7. evaluate the best weights -----------------------------------------------------------------------
+def evaluate_best(run: TrainerRun, built: BuiltModel, splits: dict, extra_eval: dict, before: dict,
+                  resume_from: Path | None) -> dict:
+    """Put the best epoch's weights back, then the test split, the extra splits and the method's
+    own evaluations (e.g. DyLoRA's rank table) on them."""
+    trainer, recorder = run.trainer, run.recorder
+    if recorder.best_state is not None:
+        with torch.no_grad():
+            params = dict(built.model.named_parameters())
+            for n, v in recorder.best_state.items():
+                assign_(params[n], v)
+    test_metrics = None
+    if "test" in splits:
+        raw = trainer.evaluate(splits["test"], metric_key_prefix="test")
+        test_metrics = {k.removeprefix("test_"): v for k, v in raw.items()
+                        if k.removeprefix("test_") in run.metric_names or k == "test_loss"}
+        check_finite({"loss": test_metrics.get("loss")}, "the test evaluation")
+    extra_after = evaluate_extra(trainer, extra_eval, run.metric_names)  # with the best epoch's weights
+    method_results = {}
+    if built.method.after_train:  # on the best weights, e.g. DyLoRA's rank → metric table
+        method_results = built.method.after_train(
+            built.model, built.loaded.method_config,
+            lambda: {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()})
+    metrics_before = before["metrics"]
+    return {"metric": run.metric, "metric_names": run.metric_names, "before": metrics_before,
+            "history": recorder.history,
+            "best_metric": recorder.best if recorder.best is not None else metrics_before[run.metric],
+            "best_epoch": recorder.best_epoch if recorder.best_epoch is not None else 0,
+            "test_metrics": test_metrics, "extra": {"before": before["extra"], "after": extra_after},
+            "resumed_from": resume_from, "skipped": trainer.skipped_batches, "method_results": method_results,
+            "train_metrics": run.extra["train_metrics"], "train_runtime": run.extra["train_runtime"]}
+
+
+# -- 8. save -------------------------------------------------------------------------------------------------
+def save_run(out_dir: Path, built: BuiltModel, results: dict, meta: dict) -> None:
+    """The adapter, then ``results.json`` (its presence marks the run finished), then the checkpoints
+    go: they only served to finish it. Rank 0 writes; every rank gathers FSDP shards first."""
+    gather_full_weights(built.model)
+    if is_main_process():
+        save_adapter(built.model, out_dir, meta)
+        write_json(out_dir / RESULTS, results)
+        remove_checkpoints(out_dir)
+    barrier()  # no rank returns before the outputs exist
