@@ -1,0 +1,134 @@
+"""The config tree's shape (issue 15, item 5): task configs share a neutral base, never each other;
+``model=minilm_*`` is the method's own defaults; the demo's settings live with the demo experiments
+(``conf/model_settings/demo/``), and every job of ``experiment=demo`` / ``demo_full`` composes to the
+values its numbers in docs/results.md were measured with."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import CONF, compose
+from omegaconf import OmegaConf
+
+DEMO = ["minilm_head", "minilm_full", "minilm_lora", "minilm_lsr", "minilm_dora", "minilm_lora_fa",
+        "minilm_lora_plus"]
+DEMO_FULL = [*DEMO, "minilm_dylora"]
+LORA_FAMILY = {"lora", "dora", "dylora", "lora_fa", "lora_plus"}
+
+
+def sweeper_params(*overrides: str) -> dict:
+    """``hydra.sweeper.params`` of a composed experiment (what its multirun sweeps)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    assert "report" in cfg.hydra.callbacks  # the comparison report at the end of the sweep
+    return {k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.sweeper.params).items()}
+
+
+# text classification / regression tasks; gw_disk (your GW data in gw_synthetic's format) and
+# text_files (your text through wikitext2's LM pipeline) are format variants of those, not covered here
+TEXT_TASKS = ["cola", "drug_reviews", "drug_reviews_3class", "imdb", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2",
+              "stsb"]
+
+
+def _task_files() -> list:
+    return [CONF / "data" / f"{t}.yaml" for t in TEXT_TASKS]
+
+
+def test_task_configs_never_inherit_from_another_task():
+    """A change to MRPC must not change drug reviews: a task's defaults name only files under base/."""
+    tasks = {p.stem for p in (CONF / "data").glob("*.yaml")}
+    assert set(TEXT_TASKS) <= tasks
+    for path in _task_files():
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+        parents = [d for d in defaults if d != "_self_"]
+        named = [str(d).split("@")[0] for d in parents]
+        assert not set(named) & tasks, f"{path.name} inherits from task config(s) {set(named) & tasks}"
+        assert named and all(n.startswith("base/") for n in named), f"{path.name}: {named}"
+    # the bases are not tasks: they leave the task's own values unset
+    base = OmegaConf.load(CONF / "data" / "base" / "text_classification.yaml")
+    assert {k for k in ("name", "text_fields", "lr") if OmegaConf.is_missing(base, k)} == {"name", "text_fields", "lr"}
+
+
+@pytest.mark.parametrize(("task", "expected"), [
+    ("mrpc", dict(path="glue", subset="mrpc", text_fields=["sentence1", "sentence2"], metrics=["accuracy", "f1"],
+                  lr=4e-4, max_length=512, num_labels=2, label_field="label")),
+    ("sst2", dict(path="glue", subset="sst2", text_fields=["sentence"], metrics=["accuracy"], lr=5e-4, max_length=512)),
+    ("stsb", dict(path="glue", task_type="regression", num_labels=1, text_fields=["sentence1", "sentence2"],
+                  metric="pearson")),
+    ("mnli", dict(path="glue", num_labels=3, extra_eval_splits=["validation_mismatched"],
+                  splits={"train": "train", "validation": "validation_matched", "test": "test_matched"})),
+    ("imdb", dict(path="imdb", subset=None, text_fields=["text"], max_length=512, max_train_samples=10000,
+                  sample_seed=42, lr=5e-4)),
+    ("drug_reviews", dict(path=None, asset="drug_reviews", label_field="rating", num_labels=2,
+                          label_names=["negative", "positive"], metrics=["accuracy", "f1", "macro_f1"], lr=1e-3,
+                          max_length=256, validation_from_train=0.2, unescape_html=True,
+                          splits={"train": "train", "validation": None, "test": "test"})),
+    ("drug_reviews_3class", dict(asset="drug_reviews", num_labels=3, label_names=["negative", "neutral", "positive"],
+                                 metrics=["accuracy", "macro_f1"], lr=1e-3, max_length=256, text_fields=["review"])),
+])
+def test_each_task_composes_to_its_values(task, expected):
+    data = OmegaConf.to_container(compose(f"data={task}").data, resolve=True)
+    assert data["name"] == task
+    for key, value in expected.items():
+        assert data[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+
+
+def test_minilm_models_are_the_methods_own_defaults():
+    """Outside the demo, model=minilm_<method> is the method's conf/adapter defaults on MiniLM."""
+    for method in ("lora", "dora", "dylora", "lora_fa", "lora_plus", "lsr", "lsr_plus"):
+        minilm, roberta = compose(f"model=minilm_{method}").model, compose(f"model=roberta_{method}").model
+        assert minilm[method] == roberta[method], method
+        assert minilm.name_or_path == "all-MiniLM-L6-v2" and minilm.pooling == "cls"
+    assert compose("model=minilm_lora").model.lora.alpha == 8
+    assert compose("model=minilm_lsr").model.lsr.num_terms == 16
+    # the demo's settings on any run, by name
+    assert compose("model=minilm_lora", "model_settings=demo").model.lora.alpha == 16
+
+
+def _expected_method(model: str) -> dict:
+    method = model.removeprefix("minilm_")
+    if method in LORA_FAMILY:
+        return {"r": 8, "alpha": 16}
+    if method == "lsr":
+        return {"r": 2, "num_terms": 11, "alpha": 64}
+    return {}
+
+
+@pytest.mark.parametrize(("experiment", "models", "seeds", "epochs", "max_length", "sampling"), [
+    ("demo", DEMO, ["42"], 5, 128, "random"),
+    ("demo_full", DEMO_FULL, ["1", "2", "3", "4", "5"], 15, 256, "group_by_length"),
+])
+def test_demo_jobs_compose_to_the_measured_settings(experiment, models, seeds, epochs, max_length, sampling):
+    """Every job of the sweep: the settings docs/results.md reports (LoRA family r=8 α=16, LSR r=2
+    t=11 α=64, lr 1e-3 and full fine-tuning 2e-5, epochs, max length, batches)."""
+    params = sweeper_params(f"experiment={experiment}")
+    assert params["model"].split(",") == models
+    assert params.get("training.seed", "42").split(",") == seeds
+    for model in models:
+        for seed in seeds:
+            cfg = compose(f"experiment={experiment}", f"model={model}", f"training.seed={seed}")
+            m = cfg.model
+            assert m.name_or_path == "all-MiniLM-L6-v2"
+            assert m.adaptation_type == model.removeprefix("minilm_") and m.pooling == "cls"
+            section = m.get(m.adaptation_type)
+            section = OmegaConf.to_container(section) if section is not None else {}
+            assert {k: section[k] for k in _expected_method(model)} == _expected_method(model), model
+            # no other method's section: the demo's settings touch only the selected method
+            assert not {k for k in m if k in LORA_FAMILY | {"lsr", "lsr_plus"}} - {m.adaptation_type}
+            assert cfg.data.name == "drug_reviews" and cfg.data.max_length == max_length
+            assert cfg.training.num_train_epochs == epochs and cfg.training.sampling == sampling
+            assert cfg.training.eval_batch_size == 64 and cfg.training.batch_size == 16
+            assert cfg.training.learning_rate == pytest.approx(2e-5 if model == "minilm_full" else 1e-3)
+            assert cfg.training.seed == int(seed) and cfg.logger.name == "none"
+
+
+def test_the_recorded_demo_full_commands_keep_their_settings():
+    """docs/results.md re-runs parts of demo_full with the sweep lists replaced on the command line."""
+    cfg = compose("experiment=demo_full", "hydra.sweeper.params={}", "training.checkpoint_every=null",
+                  "training.seed=4", "model=minilm_lora_fa", "training.learning_rate=3e-3")
+    assert cfg.model.lora_fa.alpha == 16 and cfg.training.learning_rate == pytest.approx(3e-3)
+    assert compose("experiment=demo_full", "model=minilm_lsr_plus").model.lsr_plus.num_terms == 11
+    assert compose("experiment=demo_full", "model=minilm_rslora").model.lora.alpha == 8  # never had α=16
