@@ -9,7 +9,7 @@ from lsr_adapt.cli import exit_on_user_error, flags_first
 from lsr_adapt.distributed import hydra_overrides_for_rank, share_run_stamp
 from lsr_adapt.sweep_status import run_job
 from lsr_adapt.training import train
-from lsr_adapt.training.rundir import register_resolvers
+from lsr_adapt.training.rundir import refusal, register_resolvers
 
 register_resolvers()  # Hydra's own files stay out of a finished or busy run dir (conf/config.yaml)
 
@@ -19,7 +19,8 @@ def main(cfg: DictConfig) -> float | None:
     # the best validation metric, so a Hydra sweeper (Optuna) can optimise it. A failed job of a
     # --multirun returns None (its failed.json holds the error; Optuna counts a failed trial) and the
     # sweep goes on; a single run's user error is one `error:` line and exit status 2.
-    results = exit_on_user_error(run_job, train, cfg)
+    # (a job refused a finished or busy run dir writes nothing there: `refusal`)
+    results = exit_on_user_error(run_job, train, cfg, refusal=refusal)
     return None if results is None else results["best_metric"]
 
 
