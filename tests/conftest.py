@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,27 @@ def tiny_batch(tokenizer, n: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     texts = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (8,), generator=g).tolist()) for _ in range(n)]
     return tokenizer(texts, padding=True, return_tensors="pt")
+
+
+# The one small run the tests share: a tiny random-init RoBERTa on a small generated MRPC sample,
+# one epoch (seconds on 2 CPU cores).
+SMALL_RUN = ("training.num_train_epochs=1", "data.synthetic_sizes.train=48", "data.synthetic_sizes.validation=24",
+             "data.synthetic_sizes.test=16", "training.batch_size=8")
+
+
+def cli(*args: str, module: str | None = None, cwd: Path = ROOT, timeout: int = 600,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python main.py ARGS`` (or ``python -m MODULE ARGS``) as a user runs it, output captured."""
+    cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, str(ROOT / "main.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit status 2, no traceback, and the last stderr line is ``error: ...`` naming ``words``."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines and lines[-1].startswith("error: "), proc.stderr[-3000:]
+    assert all(w in lines[-1] for w in words), lines[-1]
+    return lines[-1]
