@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from conftest import tiny_batch, tiny_classifier
+from tolerances import assert_fp32_close, forward_terms
 from torch import nn
 
 from lsr_adapt import LoRALinear, LsrAdaptError, LSRLinear, replace_linear_with_lora, replace_linear_with_lsr
@@ -86,9 +87,11 @@ def test_lsr_matches_dense_kron_reference(form, path):
     assert (layer.d1, layer.d2, layer.k1, layer.k2) == (6, 4, 7, 5)
     _randomize(layer)
     ref = lsr_dense_reference(layer)
-    torch.testing.assert_close(layer.delta_weight(), ref, rtol=1e-5, atol=1e-6)
+    # each ΔW entry: t Kronecker terms, each a product of two r-term sums, then the scaling
+    kron_terms = layer.num_terms * 2 * layer.r + 1
+    assert_fp32_close(layer.delta_weight(), ref, terms=kron_terms)
     x = torch.randn(3, 5, 24)
-    torch.testing.assert_close(layer(x), base(x) + x @ ref.T, rtol=1e-5, atol=1e-5)
+    assert_fp32_close(layer(x), base(x) + x @ ref.T, terms=24 + kron_terms)  # + the 24 inputs of the matmul
 
 
 def test_lsr_explicit_factors_and_auto_path():
@@ -115,7 +118,8 @@ def test_lora_matches_peft_on_same_weights():
         assert layer.lora_B.abs().sum() > 0  # init_lora_weights=False: a non-trivial ΔW
     batch = tiny_batch(loaded.tokenizer)
     with torch.no_grad():
-        torch.testing.assert_close(ours(**batch).logits, reference.eval()(**batch).logits, rtol=1e-5, atol=1e-6)
+        # peft's LoRA forward: the same sums in its own order along the whole network
+        assert_fp32_close(ours(**batch).logits, reference.eval()(**batch).logits, terms=forward_terms(model, batch))
 
 
 # -- behaviour on a model ------------------------------------------------------------------------
@@ -132,8 +136,8 @@ def test_start_equals_base_merge_and_unmerge(method):
     layers = adapter_layers(model)
     for layer in layers.values():
         assert torch.count_nonzero(layer.delta_weight()) == 0  # ΔW = 0 at the start
-    with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, base_logits)
+    with torch.no_grad():  # ΔW = 0 is added to the base output: float32 order of the forward's sums at most
+        assert_fp32_close(model(**batch).logits, base_logits, terms=forward_terms(model, batch))
     for i, layer in enumerate(layers.values()):
         _randomize(layer, seed=i)
     originals = {n: layer.base_layer.weight.detach().clone() for n, layer in layers.items()}
@@ -142,16 +146,18 @@ def test_start_equals_base_merge_and_unmerge(method):
         assert not torch.allclose(adapted, base_logits)
         for layer in layers.values():
             layer.merge()
-        torch.testing.assert_close(model(**batch).logits, adapted, rtol=1e-5, atol=1e-5)
+        # (W₀+ΔW)x vs W₀x + ΔW·x: the forward's sums in another order, plus ΔW's own (≤ 32 terms here)
+        assert_fp32_close(model(**batch).logits, adapted, terms=forward_terms(model, batch) + 32)
         for layer in layers.values():
             layer.unmerge()
     for n, layer in layers.items():
         assert torch.equal(layer.base_layer.weight, originals[n])  # bit-exact restore
-    with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, adapted)
+    with torch.no_grad():  # the restored weights (bit for bit) run the same ops again: identical
+        torch.testing.assert_close(model(**batch).logits, adapted, rtol=0, atol=0)
         for layer in layers.values():
             layer.disable_adapter()
-        torch.testing.assert_close(model(**batch).logits, base_logits)
+        # the base path alone, through the wrapper: the forward's sums, at most in another order
+        assert_fp32_close(model(**batch).logits, base_logits, terms=forward_terms(model, batch))
 
 
 def test_merge_and_unload_leaves_plain_layers():
@@ -165,7 +171,8 @@ def test_merge_and_unload_leaves_plain_layers():
         merge_and_unload(model)
         assert not adapter_layers(model)
         assert isinstance(model.roberta.encoder.layer[0].attention.self.query, nn.Linear)
-        torch.testing.assert_close(model(**batch).logits, adapted, rtol=1e-5, atol=1e-5)
+        # (W₀+ΔW)x vs W₀x + ΔW·x: the forward's sums in another order, plus ΔW's own (≤ 32 terms here)
+        assert_fp32_close(model(**batch).logits, adapted, terms=forward_terms(model, batch) + 32)
 
 
 def test_conv1d_base_layer():
@@ -183,11 +190,13 @@ def test_conv1d_base_layer():
         a, b = cls(conv, **kw), cls(linear, **kw)
         _randomize(a)
         _randomize(b)
-        torch.testing.assert_close(a(x), b(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(a.delta_weight(), b.delta_weight())
+        adapter_terms = 8  # ΔW: LoRA r = 4 products; LSR t·2r = 8
+        # Conv1D (x·W, addmm) vs Linear (x·Wᵀ): another kernel over the 24 inputs, plus the adapter
+        assert_fp32_close(a(x), b(x), terms=24 + adapter_terms)
+        assert_fp32_close(a.delta_weight(), b.delta_weight(), terms=adapter_terms)
         y = a(x)
         a.merge()
-        torch.testing.assert_close(a(x), y, rtol=1e-5, atol=1e-5)
+        assert_fp32_close(a(x), y, terms=24 + adapter_terms)  # (W₀+ΔW)x vs W₀x + ΔW·x
         a.unmerge()
         assert torch.equal(a.base_layer.weight, linear.weight.T)
 
