@@ -15,6 +15,7 @@ from .adapters import (  # noqa: E402
     register_method,
     replace_linear_with_lora,
     replace_linear_with_lsr,
+    set_adapters_enabled,
     unmerge_adapters,
 )
 from .errors import LsrAdaptError  # noqa: E402
@@ -23,5 +24,6 @@ from .modeling import load_lora_model, load_lsr_model  # noqa: E402
 __all__ = [
     "METHODS", "AdapterLayer", "LSRConfig", "LSRLinear", "LoRAConfig", "LoRALinear", "LsrAdaptError",
     "__version__", "apply_adapter", "load_lora_model", "load_lsr_model", "merge_adapters", "merge_and_unload",
-    "register_method", "replace_linear_with_lora", "replace_linear_with_lsr", "unmerge_adapters",
+    "register_method", "replace_linear_with_lora", "replace_linear_with_lsr", "set_adapters_enabled",
+    "unmerge_adapters",
 ]
