@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_train, tiny_batch, tiny_classifier
+from conftest import ROOT, SMALL_RUN, run_train, tiny_batch, tiny_classifier
 from safetensors.torch import save_file as safetensors_save
+from tolerances import EPS32, assert_fp32_close, forward_terms, fp32_atol
 
 from lsr_adapt.adapters import METHODS, adapter_layers, merge_adapters
 from lsr_adapt.artifacts import (
@@ -37,8 +38,7 @@ from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.modeling import prepare_model
 from lsr_adapt.smoke import tiny_checkpoint
 
-SMALL = ("training.num_train_epochs=1", "data.synthetic_sizes.train=48", "data.synthetic_sizes.validation=24",
-         "data.synthetic_sizes.test=16", "training.batch_size=8")
+SMALL = SMALL_RUN
 TARGETS = ["query", "value"]
 # options a method needs on the 32-wide tiny model (bitsandbytes' CPU blocks must divide the width)
 TINY_OPTIONS = {"qlora": {"blocksize": 32}}
@@ -144,7 +144,7 @@ def test_predict_text_and_file(lora_run, tmp_path, capsys):
     run = load_run(lora_run)
     rows = [{"sentence1": "bako mimi ruko", "sentence2": "bako ruko"}, {"sentence1": "teza", "sentence2": "lone fiko"}]
     want = predict_texts(run, [r["sentence1"] for r in rows], [r["sentence2"] for r in rows])
-    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-6 for p in want)
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-6 for p in want)  # float32 softmax: a few eps32
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     main(["--run", str(lora_run), "--file", str(src), "--out", str(tmp_path / "preds.csv")])
@@ -152,6 +152,7 @@ def test_predict_text_and_file(lora_run, tmp_path, capsys):
     assert lines[0] == "sentence1,sentence2,label,prob_0,prob_1" and len(lines) == 3
     for line, p in zip(lines[1:], want):
         cells = line.split(",")
+        # the CSV prints 6 decimals: off by at most 5e-7
         assert cells[2] == p["label"] and abs(float(cells[3]) - p["probabilities"]["0"]) < 1e-6
     capsys.readouterr()
     main(["--run", str(lora_run), "--text", rows[0]["sentence1"], "--text-pair", rows[0]["sentence2"], "--json"])
@@ -169,6 +170,7 @@ def test_predict_regression_run_from_csv(tmp_path):
     lines = (tmp_path / "out.csv").read_text().splitlines()
     want = predict_logits(load_run(tmp_path / "reg"), ["bako mimi, ruko", "teza"], ["bako ruko", "lone"])
     assert lines[0] == "sentence1,sentence2,score" and lines[1].startswith('"bako mimi, ruko",bako ruko,')
+    # the CSV prints 6 significant digits (:.6g): off by at most 5e-6 relative
     assert [float(line.rsplit(",", 1)[1]) for line in lines[1:]] == pytest.approx(want.reshape(-1).tolist(), rel=1e-5)
 
 
@@ -191,15 +193,19 @@ def test_merged_export_loads_without_lsr_adapt(lora_run, lsr_run, tmp_path):
     for run_dir in (lora_run, lsr_run):
         out = tmp_path / f"merged_{run_dir.name}"
         report = export(run_dir, "merged", out)
-        assert report["exact"] and report["probe_max_abs_logit_diff"] <= 1e-5
+        live = load_run(run_dir)
+        batch = tiny_batch(live.tokenizer, n=6)
+        want = logits(live.model, batch)
+        # merged (W₀+ΔW)x vs live W₀x + ΔW·x on the export's probe batch (inputs like ours): the forward's
+        # sums in another order, plus ΔW's (≤ 32 terms on the tiny model)
+        terms = forward_terms(live.model, batch) + 32
+        assert report["exact"] and report["probe_max_abs_logit_diff"] <= fp32_atol(want, terms)
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
         assert "auto_map" not in json.loads((out / "config.json").read_text())
         plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
         assert type(plain).__module__.startswith("transformers.")
         assert not any(isinstance(m, AdapterLayer) for m in plain.modules())
-        live = load_run(run_dir)
-        batch = tiny_batch(live.tokenizer, n=6)
-        assert (logits(plain, batch) - logits(live.model, batch)).abs().max() <= 1e-5
+        assert_fp32_close(logits(plain, batch), want, terms=terms)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -215,7 +221,8 @@ def test_merged_export_every_method(tmp_path, method):
     export(tmp_path / "a", "merged", tmp_path / "merged")
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert all(type(m).__module__.startswith(("torch.", "transformers.")) for m in plain.modules())
-    assert (logits(plain, batch) - want).abs().max() <= 1e-5
+    # merged (W₀+ΔW)x vs the live adapter: the forward's sums in another order, plus ΔW's (≤ 32 terms)
+    assert_fp32_close(logits(plain, batch), want, terms=forward_terms(plain, batch) + 32)
 
 
 def _peft_model(out: Path):
@@ -243,7 +250,8 @@ def test_peft_export_equals_live(tmp_path, method, cfg):
     peft_cfg = json.loads((tmp_path / "peft" / ADAPTER_CONFIG).read_text())
     assert peft_cfg["peft_type"] == "LORA" and peft_cfg["use_dora"] == (method == "dora")
     assert peft_cfg["modules_to_save"] == ["classifier"]
-    assert (logits(_peft_model(tmp_path / "peft"), batch) - want).abs().max() <= 1e-5
+    peft_model = _peft_model(tmp_path / "peft")  # peft's forward: the same sums in its own order
+    assert_fp32_close(logits(peft_model, batch), want, terms=forward_terms(loaded.model, batch) + 32)
 
 
 def test_peft_export_refuses_a_dylora_below_full_rank(tmp_path):
@@ -273,7 +281,7 @@ def test_peft_import_equals_peft(tmp_path, use_dora, use_rslora):
     model = fresh()
     meta = load_adapter(model, tmp_path / "p")
     assert meta["adaptation_type"] == ("dora" if use_dora else "lora")
-    assert (logits(model, batch) - want).abs().max() <= 1e-5
+    assert_fp32_close(logits(model, batch), want, terms=forward_terms(pm, batch) + 32)  # another order of sums
 
 
 def test_lokr_export_is_exact_for_single_term_lsr(tmp_path):
@@ -287,7 +295,8 @@ def test_lokr_export_is_exact_for_single_term_lsr(tmp_path):
     files = read_weights(tmp_path / "lokr" / ADAPTER_WEIGHTS)
     # 32 = 8·4: W₁ (8×8) is kept as rank-2 factors (r < 8/2), W₂ (4×4) whole (r ≥ 4/2), as peft builds them
     assert any(k.endswith("lokr_w1_a") for k in files) and any(k.endswith("lokr_w2") for k in files)
-    assert (logits(_peft_model(tmp_path / "lokr"), batch) - want).abs().max() <= 1e-5
+    peft_model = _peft_model(tmp_path / "lokr")  # peft's LoKr forward: the same sums in its own order
+    assert_fp32_close(logits(peft_model, batch), want, terms=forward_terms(loaded.model, batch) + 32)
 
 
 def test_svd_lora_export_error(tmp_path, capsys):
@@ -299,8 +308,11 @@ def test_svd_lora_export_error(tmp_path, capsys):
     main(["--run", str(tmp_path / "low"), "--format", "lora", "--rank", "4", "--out", str(tmp_path / "low4")])
     assert "relative Frobenius error" in capsys.readouterr().out
     report = json.loads((tmp_path / "low4" / "export_report.json").read_text())
+    # rank 4 holds ΔW exactly (float64 SVD): what is left is rounding the two factors to float32, each
+    # entry of B·A a sum of 4 products: ≤ 2·4·(eps32/2) = 4.8e-7 of ‖ΔW‖
     assert report["exact"] is False and report["relative_error"] < 1e-6
-    assert (logits(_peft_model(tmp_path / "low4"), batch) - logits(low.model, batch)).abs().max() <= 1e-5
+    assert_fp32_close(logits(_peft_model(tmp_path / "low4"), batch), logits(low.model, batch),
+                      terms=forward_terms(low.model, batch) + 32)  # peft's order of sums
 
     full = adapted("lsr", {"r": 2, "num_terms": 8})  # rank up to 32: truncation loses energy
     save(full, tmp_path / "full", "lsr")
@@ -309,9 +321,13 @@ def test_svd_lora_export_error(tmp_path, capsys):
     tail2 = total2 = 0.0
     for name, layer in adapter_layers(full.model).items():  # Eckart–Young: error = singular values past R
         s = np.linalg.svd(layer.delta_weight().detach().double().numpy(), compute_uv=False)
-        assert report["layers"][name]["relative_error"] == pytest.approx(np.sqrt((s[3:] ** 2).sum() / (s**2).sum()), rel=1e-6)
+        want = np.sqrt((s[3:] ** 2).sum() / (s**2).sum())
+        # the float64 SVD is exact to ~1e-15; the float32-stored factors move the residual by at most
+        # their rounding, a few eps32 of ‖ΔW‖: relative to the residual, 4·eps32/want
+        assert report["layers"][name]["relative_error"] == pytest.approx(want, rel=4 * EPS32 / want)
         tail2, total2 = tail2 + (s[3:] ** 2).sum(), total2 + (s**2).sum()
-    assert report["relative_error"] == pytest.approx(np.sqrt(tail2 / total2), rel=1e-6) and report["relative_error"] > 0.05
+    overall = np.sqrt(tail2 / total2)
+    assert report["relative_error"] == pytest.approx(overall, rel=4 * EPS32 / overall) and overall > 0.05
 
 
 def test_inexact_exports_are_refused(lsr_run, tmp_path, capsys):
@@ -459,7 +475,7 @@ def test_switching_gives_each_adapters_own_outputs(tmp_path):
     for name in ["a", "c", "d", "b"]:
         bank.activate(name)
         assert all(layer.merged for layer in adapter_layers(model).values())
-        assert (logits(model, batch) - want[name]).abs().max() <= 1e-5
+        assert_fp32_close(logits(model, batch), want[name], terms=forward_terms(model, batch) + 32)  # merged
     with pytest.raises(LsrAdaptError, match="no adapter named 'e' is loaded; valid choices: a, b, c, d"):
         bank.activate("e")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, run_train, tiny_batch, tiny_classifier
+from conftest import ROOT, SMALL_RUN, run_train, tiny_batch, tiny_classifier
 from tolerances import assert_fp32_close, forward_terms
 from torch import nn
 
@@ -733,8 +733,7 @@ def test_baselines_train_the_right_parameters(method):
 
 # -- end to end through train() ------------------------------------------------------------------
 
-FAST = ("training.num_train_epochs=1", "data.synthetic_sizes={train: 32, validation: 32, test: 16}",
-        "training.logging_steps=1")
+FAST = (*SMALL_RUN, "training.logging_steps=1")
 QLORA_TINY = ("model.qlora.blocksize=32",)  # the tiny model's in_features is 32
 
 

@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .adapters import get_method, resolve_target_modules
+from .adapters.base import base_layer_dims
+from .adapters.lsr import MAX_FACTOR_RATIO, LSRLinear
+from .cli import exit_on_user_error
 from .errors import LsrAdaptError
+from .modeling import head_parameter_names
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +74,6 @@ class Match:
 
 def target_shapes(model: nn.Module, target_modules=None, exclude=()) -> list[LayerShape]:
     """(in, out) of every layer ``target_modules`` selects, as ``apply_adapter`` would select them."""
-    from .adapters import resolve_target_modules
-    from .adapters.base import base_layer_dims
-
     shapes = []
     for name in resolve_target_modules(model, target_modules, exclude):
         in_f, out_f, _ = base_layer_dims(model.get_submodule(name))
@@ -86,8 +88,6 @@ def lora_size(shapes: list[LayerShape], r: int) -> int:
 
 
 def _lsr_factors(shape: LayerShape, in_factors, out_factors) -> tuple[int, int, int, int]:
-    from .adapters.lsr import LSRLinear
-
     d1, d2 = LSRLinear._check_factors(in_factors, shape.in_features, shape.name, "input dim")
     k1, k2 = LSRLinear._check_factors(out_factors, shape.out_features, shape.name, "output dim")
     return d1, d2, k1, k2
@@ -100,8 +100,6 @@ def lsr_size(shapes: list[LayerShape], r: int, num_terms: int, in_factors=None, 
 
 def real_size(method: str, shapes: list[LayerShape], values: dict) -> int:
     """The adapter parameters of the real layer classes for ``values``, built on the meta device."""
-    from .adapters import get_method
-
     m = get_method(method)
     cfg = m.make_config(values)
     total, per_shape = 0, {}
@@ -146,8 +144,6 @@ def match_lora(shapes: list[LayerShape], budget: int, base: dict | None = None) 
 
 def _factor_pairs(n: int) -> list[list[int]]:
     """Every split n = a·b (a ≥ b ≥ 2, a ≤ 16·b) an LSR layer accepts, most balanced first."""
-    from .adapters.lsr import MAX_FACTOR_RATIO
-
     pairs = []
     for b in range(math.isqrt(n), 1, -1):
         if n % b == 0 and n // b <= MAX_FACTOR_RATIO * b:
@@ -223,8 +219,6 @@ def match_budget(method: str, shapes: list[LayerShape], budget: int, base: dict 
 
 def apply_budget(loaded, adaptation_type: str, method_values: dict, target_modules, budget_cfg) -> dict:
     """``budget.params`` → the method config with its size fields set (``train()``'s hook)."""
-    from .modeling import head_parameter_names
-
     head = head_parameter_names(loaded.model, loaded.new_param_names)
     exclude = sorted({n.rsplit(".", 1)[0] for n in head})  # as prepare_model excludes the head
     shapes = target_shapes(loaded.model, target_modules, exclude)
@@ -257,8 +251,6 @@ def meta_model(model: str | None = None, arch: str | None = None) -> nn.Module:
 
 
 def main(argv=None) -> None:
-    from .cli import exit_on_user_error
-
     p = argparse.ArgumentParser(prog="python -m lsr_adapt.budget", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="hub id or local checkpoint dir (only its config is read)")
@@ -272,8 +264,6 @@ def main(argv=None) -> None:
 
     def run():
         model = meta_model(args.model, args.arch)
-        from .modeling import head_parameter_names
-
         exclude = sorted({n.rsplit(".", 1)[0] for n in head_parameter_names(model)})
         tm = args.target_modules
         shapes = target_shapes(model, tm[0] if tm and len(tm) == 1 and tm[0] == "all-linear" else tm, exclude)

@@ -9,20 +9,19 @@ computed locally from the logits.
 
 from __future__ import annotations
 
+from ..data import prepare_splits
+from ..metrics import compute, mean_loss
+from ..modeling import load_classifier
 from . import Task
 
 
 def _load(name_or_path: str, data_cfg, model_cfg=None):
-    from ..modeling import load_classifier
-
     # model.pooling: cls (the architecture's first token) | mean (masked mean of the last hidden states)
     pooling = (model_cfg or {}).get("pooling")
     return load_classifier(name_or_path, int(data_cfg.num_labels), pooling=str(pooling) if pooling else None)
 
 
 def _prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
-    from ..data import prepare_splits
-
     return prepare_splits(data_cfg, tokenizer, seed=seed, need_train=need_train)
 
 
@@ -33,8 +32,6 @@ def _collator(tokenizer):
 
 
 def _compute_metrics(names, data_cfg=None):
-    from ..metrics import compute, mean_loss
-
     # "loss" replaces the Trainer's eval_loss (a mean of batch means, off under DDP's uneven splits)
     return lambda p: {**compute(names, p.predictions, p.label_ids), "loss": mean_loss(p.predictions, p.label_ids)}
 
