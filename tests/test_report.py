@@ -122,7 +122,7 @@ def test_report_tables_numbers_and_plots(sweep):
 
     names = sorted(p.name for p in w["plots"])
     assert names == ["curves_mrpc.png", "curves_sst2.png", "frontier_mrpc.png", "frontier_sst2.png",
-                     "memory_mrpc.png", "memory_sst2.png"]
+                     "frontier_trainable_mrpc.png", "frontier_trainable_sst2.png", "memory_mrpc.png", "memory_sst2.png"]
     for p in w["plots"]:
         width, height = png_size(p)
         assert width > 400 and height > 100
@@ -210,7 +210,7 @@ def test_empty_and_missing_dirs_are_one_line_errors(tmp_path, capsys):
 
 def test_cli_writes_the_report(sweep, tmp_path, capsys):
     report_main([str(sweep), "--out", str(tmp_path / "r")])
-    assert "3 configuration(s) from 6 run(s); 3 failed/unfinished; 6 plot(s)" in capsys.readouterr().out
+    assert "3 configuration(s) from 6 run(s); 3 failed/unfinished; 8 plot(s)" in capsys.readouterr().out
     assert (tmp_path / "r" / "report.md").exists() and (tmp_path / "r" / "frontier_mrpc.png").exists()
 
 
@@ -225,3 +225,116 @@ def test_test_split_metric_is_aggregated_over_seeds(tmp_path):
     assert f"0.7500 ± {statistics.stdev([0.70, 0.80]):.4f}" in md and "test (mean ± std)" in md
     row = next(csv.DictReader(written["csv"].open()))
     assert float(row["test_mean"]) == pytest.approx(0.75) and float(row["test_std"]) == pytest.approx(0.0707107, abs=1e-6)
+
+
+# -- the frontier report (issue 16): adapter-parameter x axis, matched budgets ------------------------
+def _frontier_sweep(root: Path, with_test: bool = True) -> Path:
+    """LoRA r=1/4/8 and LSR at 1,920 / 9,600 / 36,480 / 72,960 adapter parameters plus head-only,
+    with test accuracies chosen so that the matched-budget verdicts are better / worse / tie."""
+    points = [
+        ("lora", LORA | {"r": 1}, 9216, [0.70, 0.72, 0.74]),
+        ("lora", LORA | {"r": 4}, 36864, [0.85, 0.86, 0.87]),
+        ("lora", LORA | {"r": 8}, 73728, [0.80, 0.81, 0.82, 0.83, 0.84]),
+        ("lsr", LSR | {"r": 1, "num_terms": 2}, 1920, [0.60, 0.62]),
+        ("lsr", LSR | {"num_terms": 5}, 9600, [0.75, 0.77, 0.79]),
+        ("lsr", LSR | {"num_terms": 19}, 36480, [0.70, 0.71, 0.72]),
+        ("lsr", LSR | {"num_terms": 38}, 72960, [0.78, 0.79, 0.80, 0.81, 0.82]),
+        ("head", {}, 0, [0.71, 0.72, 0.73]),
+    ]
+    k = 0
+    for method, mc, adapter, accs in points:
+        for seed, acc in enumerate(accs, start=1):
+            r = fake_results(method, mc, seed, best=acc - 0.05, adapter=adapter, head=148610)
+            if with_test or k % 7:
+                r["test_metrics"] = {"accuracy": acc, "loss": 0.5}
+            job(root, f"{k}", r)
+            k += 1
+    return root
+
+
+def test_matched_budget_table_against_hand_computed_welch_intervals(tmp_path):
+    from scipy import stats
+
+    root = _frontier_sweep(tmp_path / "s")
+    w = build_report([root])
+    md = w["md"].read_text()
+    assert "### Matched budgets: LSR vs LoRA, test accuracy" in md and "Split: **test**" in md
+    # LoRA r=1 vs LSR t=5 (9,600: closest by ratio, not 1,920): 0.77 − 0.72, both variances 0.0004, n=3 → df 4
+    half = 2.7764451 * math.sqrt(0.0004 / 3 + 0.0004 / 3)
+    assert half == pytest.approx(0.0453393, abs=1e-6)
+    assert f"| r=1 α=8 | 9,216 | 0.7200 ± 0.0200 (3) | r=2 t=5 α=2 | 9,600 (104%) | 0.7700 ± 0.0200 (3) | " \
+           f"+0.0500 [{0.05 - half:+.4f}, {0.05 + half:+.4f}] | better |" in md
+    # LoRA r=4 vs LSR t=19: −0.15, interval all below 0 → worse; LoRA r=8 vs t=38: −0.02, df 8 → tie
+    assert "| r=4 α=8 | 36,864 |" in md and "| -0.1500 [-0.1727, -0.1273] | worse |" in md
+    half8 = 2.3060041 * 0.01
+    assert f"| -0.0200 [{-0.02 - half8:+.4f}, {-0.02 + half8:+.4f}] | tie |" in md
+
+    rows = {(r["method"], r["hyperparameters"]): r for r in read_csv(root / "report.csv")}
+    lora1 = rows[("lora", "r=1 α=8")]
+    assert lora1["matched_budget_partner"] == "lsr r=2 t=5 α=2"
+    assert int(lora1["matched_budget_partner_adapter_params"]) == 9600 and lora1["matched_budget_split"] == "test"
+    assert float(lora1["matched_budget_diff"]) == pytest.approx(0.05)
+    # scipy's Welch test gives the same interval
+    ci = stats.ttest_ind([0.75, 0.77, 0.79], [0.70, 0.72, 0.74], equal_var=False).confidence_interval(0.95)
+    assert (float(lora1["matched_budget_ci_low"]), float(lora1["matched_budget_ci_high"])) == pytest.approx(
+        (ci.low, ci.high))
+    lora8 = rows[("lora", "r=8 α=8")]
+    ci8 = stats.ttest_ind([0.78, 0.79, 0.80, 0.81, 0.82], [0.80, 0.81, 0.82, 0.83, 0.84],
+                          equal_var=False).confidence_interval(0.95)
+    assert (float(lora8["matched_budget_ci_low"]), float(lora8["matched_budget_ci_high"])) == pytest.approx(
+        (ci8.low, ci8.high))
+    assert [rows[("lora", f"r={r} α=8")]["matched_budget_verdict"] for r in (1, 4, 8)] == ["better", "worse", "tie"]
+    assert all(r["matched_budget_verdict"] == "" for r in rows.values() if r["method"] != "lora")
+    # both frontier plots, and they differ (adapter vs adapter + head on the x axis)
+    adapter, trainable = root / "frontier_mrpc.png", root / "frontier_trainable_mrpc.png"
+    assert adapter in w["plots"] and trainable in w["plots"]
+    assert adapter.read_bytes() != trainable.read_bytes() and png_size(adapter)[0] > 400
+
+
+def test_matched_budgets_fall_back_to_validation_and_say_so(tmp_path):
+    root = _frontier_sweep(tmp_path / "s", with_test=False)  # some runs have no test labels
+    md = build_report([root], plots=False)["md"].read_text()
+    assert "### Matched budgets: LSR vs LoRA, validation accuracy" in md and "Split: **validation**" in md
+    # best validation = test − 0.05 here, so the differences are the same numbers
+    assert "| r=1 α=8 | 9,216 | 0.6700 ± 0.0200 (3) |" in md and "+0.0500" in md
+
+
+def test_welch_interval_and_verdicts():
+    from scipy import stats
+
+    from lsr_adapt.report import verdict, welch_interval
+
+    a, b = [0.1, 0.4, 0.35, 0.2], [0.5, 0.55, 0.45]
+    diff, (lo, hi) = welch_interval(a, b)
+    ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)
+    assert diff == pytest.approx(statistics.fmean(b) - statistics.fmean(a))
+    assert (lo, hi) == pytest.approx((ci.low, ci.high))
+    assert welch_interval([0.5], [0.6, 0.7]) == (pytest.approx(0.15), None)  # one seed: no interval
+    assert welch_interval([0.5, 0.5], [0.6, 0.6]) == (pytest.approx(0.1), (pytest.approx(0.1), pytest.approx(0.1)))
+    assert verdict((0.01, 0.2)) == "better" and verdict((-0.2, -0.01)) == "worse" and verdict((-0.1, 0.1)) == "tie"
+    # perplexity: lower is better, so an interval below 0 favours the partner
+    assert verdict((-3.0, -1.0), higher=False) == "better" and verdict((1.0, 3.0), higher=False) == "worse"
+    assert verdict(None).startswith("n/a")
+
+
+def test_frontier_labels_do_not_overlap():
+    from matplotlib.figure import Figure
+
+    from lsr_adapt.report import place_labels
+
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    ax.set_xscale("log")
+    # fourteen configurations crowded the way a real frontier is: near-equal sizes and metrics
+    items = [(x, y, f"lsr r=2 t={t} α=64 (n=5)", "C0") for t, (x, y) in enumerate(
+        [(9216, 0.78), (9600, 0.781), (18432, 0.79), (19200, 0.789), (21120, 0.79), (30720, 0.795), (36480, 0.79),
+         (36864, 0.792), (72960, 0.80), (73728, 0.801), (1920, 0.75), (3840, 0.76), (147456, 0.80), (147840, 0.80)])]
+    ax.plot([i[0] for i in items], [i[1] for i in items], "o")
+    ax.set_xlim(1000, 300000)
+    ax.set_ylim(0.74, 0.81)
+    texts = place_labels(ax, items)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert len(boxes) == len(items)
+    overlaps = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert not overlaps, overlaps

@@ -9,9 +9,14 @@ Reads every ``results.json`` below the given directories (written by ``train.py`
   validation metric as mean ± sample standard deviation (n − 1) over the seeds with n, the metric
   before training, and the means of train time, examples/s and peak memory;
 * per task (and metric) PNG plots: ``curves_<task>.png`` (validation metric vs epoch and vs
-  wall-clock training time, mean over seeds with a min–max band), ``frontier_<task>.png`` (best
-  metric vs trainable parameters, log x, ± std error bars, the non-dominated configurations joined:
-  the efficiency frontier) and ``memory_<task>.png`` (peak memory per configuration).
+  wall-clock training time, mean over seeds with a min–max band), ``frontier_<task>.png`` (the
+  metric vs **adapter** parameters, log x, one point per configuration with ± std error bars, each
+  method's Pareto line, head-only / full fine-tuning as horizontal levels), ``frontier_trainable_<task>.png``
+  (the same vs adapter + head) and ``memory_<task>.png`` (peak memory per configuration);
+* per task, a matched-budget table (report.md; ``matched_budget_*`` columns of the LoRA rows in
+  report.csv): each LoRA configuration against the LSR one closest in adapter parameters, LSR − LoRA
+  with a 95% Welch t interval over the seeds and a verdict (better / tie / worse). Frontier and table
+  use the test split when every run has test labels, else the best validation metric, and say which.
 
 Jobs that did not finish are listed, not fatal: a Hydra job directory (one holding ``.hydra/``)
 without ``results.json``, a ``results.json`` whose ``status`` is not ``completed``, or one that
@@ -29,6 +34,7 @@ import re
 import statistics
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from .errors import LsrAdaptError
@@ -222,13 +228,26 @@ CSV_COLUMNS = (
     "epochs", "adapter_params", "head_params", "trainable_params", "total_params", "percent_trainable",
     "best_mean", "best_std", "n", "test_mean", "test_std", "seeds", "best_epoch_mean", "metric_before_mean", "train_time_s_mean",
     "examples_per_s_mean", "peak_memory_mb_mean", "peak_memory_kind", "precision", "device", "run_dirs",
+    # LoRA rows: the LSR configuration closest in adapter parameters and LSR − LoRA (report.md's matched-budget table)
+    "matched_budget_partner", "matched_budget_partner_adapter_params", "matched_budget_split",
+    "matched_budget_diff", "matched_budget_ci_low", "matched_budget_ci_high", "matched_budget_verdict",
 )
 
 
 def csv_rows(configs: list[Config], root: Path) -> list[dict]:
+    matched = {id(m["reference"]): m for (_, metric), group in by_task(configs).items()
+               for m in matched_budgets(group, metric)}
     rows = []
     for c in configs:
         f = c.first
+        m = matched.get(id(c))
+        match = {} if m is None else {
+            "matched_budget_partner": f"{m['partner'].first.get('adaptation_type')} {m['partner'].label}".strip(),
+            "matched_budget_partner_adapter_params": m["partner"].first.get("adapter_params"),
+            "matched_budget_split": m["split"], "matched_budget_diff": m["diff"],
+            "matched_budget_ci_low": m["interval"][0] if m["interval"] else None,
+            "matched_budget_ci_high": m["interval"][1] if m["interval"] else None,
+            "matched_budget_verdict": m["verdict"]}
         rows.append({
             "task": f.get("task"), "metric": f.get("metric_name"), "method": f.get("adaptation_type"),
             "hyperparameters": c.label, "method_config": json.dumps(f.get("method_config"), sort_keys=True),
@@ -243,7 +262,7 @@ def csv_rows(configs: list[Config], root: Path) -> list[dict]:
             "metric_before_mean": c.mean("metric_before_training"), "train_time_s_mean": c.mean("train_runtime_s"),
             "examples_per_s_mean": c.mean("examples_per_s"), "peak_memory_mb_mean": c.mean("peak_memory_mb"),
             "peak_memory_kind": f.get("peak_memory_kind"), "precision": f.get("precision"),
-            "device": f.get("device"), "run_dirs": " ".join(_rel(d, root) for d in c.dirs),
+            "device": f.get("device"), "run_dirs": " ".join(_rel(d, root) for d in c.dirs), **match,
         })
     return rows
 
@@ -292,6 +311,90 @@ def md_table(configs: list[Config]) -> str:
                  _num(c.mean("peak_memory_mb"), 0)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
+
+
+# -- matched budgets ----------------------------------------------------------------------------------
+REFERENCE_METHOD, PARTNER_METHOD = "lora", "lsr"  # each LoRA configuration against the LSR closest in size
+CONFIDENCE = 0.95
+
+
+def quality_split(configs: list[Config]) -> str:
+    """``test`` when every run of every configuration has the metric on the labelled test split (at its
+    best epoch's weights), else ``validation`` (the best validation metric): one split per table."""
+    return "test" if configs and all(len(c.test_values()) == len(c.runs) for c in configs) else "validation"
+
+
+def quality_values(c: Config, split: str) -> list[float]:
+    return c.test_values() if split == "test" else c.values("best_metric")
+
+
+def welch_interval(a: list[float], b: list[float], confidence: float = CONFIDENCE):
+    """Difference of means mean(b) − mean(a) with its Welch t interval (unequal variances); the
+    interval is None with fewer than two values on a side."""
+    from scipy import stats
+
+    diff = statistics.fmean(b) - statistics.fmean(a)
+    if len(a) < 2 or len(b) < 2:
+        return diff, None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, (diff, diff)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return diff, (diff - half, diff + half)
+
+
+def verdict(interval, higher: bool = True) -> str:
+    """better / worse when the whole interval is on one side of 0 (for the partner), else tie."""
+    if interval is None:
+        return "n/a (needs ≥ 2 seeds each)"
+    lo, hi = interval if higher else (-interval[1], -interval[0])
+    return "better" if lo > 0 else "worse" if hi < 0 else "tie"
+
+
+def matched_budgets(configs: list[Config], metric: str) -> list[dict]:
+    """For each LoRA configuration, the LSR configuration closest in adapter parameters (ratio; ties:
+    the smaller), on the same base model, and LSR − LoRA on the report's split."""
+    split = quality_split(configs)
+    higher = higher_is_better(metric)
+    refs = [c for c in configs if c.first.get("adaptation_type") == REFERENCE_METHOD]
+    rows = []
+    for ref in sorted(refs, key=lambda c: c.first.get("adapter_params") or 0):
+        size = ref.first.get("adapter_params")
+        partners = [c for c in configs if c.first.get("adaptation_type") == PARTNER_METHOD
+                    and c.first.get("model_name") == ref.first.get("model_name")
+                    and (c.first.get("adapter_params") or 0) > 0 and quality_values(c, split)]
+        if not size or not partners or not quality_values(ref, split):
+            continue
+        partner = min(partners, key=lambda c: (abs(math.log(c.first["adapter_params"] / size)),
+                                                c.first["adapter_params"]))
+        a, b = quality_values(ref, split), quality_values(partner, split)
+        diff, interval = welch_interval(a, b)
+        rows.append({"reference": ref, "partner": partner, "split": split, "ref_values": a, "partner_values": b,
+                     "diff": diff, "interval": interval, "verdict": verdict(interval, higher)})
+    return rows
+
+
+def md_matched_table(rows: list[dict], metric: str) -> str:
+    head = ["LoRA", "adapter params", f"{rows[0]['split']} {metric} (n)", "closest LSR", "adapter params (% of LoRA)",
+            f"{rows[0]['split']} {metric} (n)", f"LSR − LoRA [{CONFIDENCE:.0%} interval]", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        ref, par = row["reference"], row["partner"]
+        a, b = row["ref_values"], row["partner_values"]
+        ci = row["interval"]
+        cells = [ref.label or "–", _int(ref.first.get("adapter_params")), _mean_std(a) + f" ({len(a)})",
+                 par.label or "–", f"{_int(par.first.get('adapter_params'))} "
+                 f"({100 * par.first['adapter_params'] / ref.first['adapter_params']:.0f}%)",
+                 _mean_std(b) + f" ({len(b)})",
+                 f"{row['diff']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""), row["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_std(v: list[float]) -> str:
+    return f"{statistics.fmean(v):.4f}" + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else "")
 
 
 # -- plots -------------------------------------------------------------------------------------------
@@ -387,50 +490,103 @@ def pareto(points: list[tuple[float, float]], higher: bool = True) -> list[tuple
     return front
 
 
-def plot_frontier(configs: list[Config], task: str, metric: str, path: Path) -> bool:
+X_AXES = {  # frontier plots: x = adapter parameters (the default), or everything that trains
+    "adapter": ("adapter_params", "adapter parameters (log scale; the head, the same for every method, not counted)"),
+    "trainable": ("trainable_params", "trainable parameters (adapter + head, log scale)"),
+}
+
+
+def plot_frontier(configs: list[Config], task: str, metric: str, path: Path, x: str = "adapter") -> bool:
+    """Quality vs parameters: one point per configuration (mean ± std over the seeds, on the report's
+    split), each method's Pareto line; configurations without adapter parameters (head-only, full
+    fine-tuning) are horizontal reference lines on the adapter axis."""
     from matplotlib.figure import Figure
 
+    key, xlabel = X_AXES[x]
+    split = quality_split(configs)
+    higher = higher_is_better(metric)
     colors = _method_colors(configs)
-    fig = Figure(figsize=(8, 5.2))
+    fig = Figure(figsize=(9, 5.6))
     ax = fig.subplots()
-    pts, labelled = [], set()
-    by_size = sorted(configs, key=lambda c: c.first.get("trainable_params") or 0)
-    for k, c in enumerate(by_size):
-        x, y = c.first.get("trainable_params"), c.mean("best_metric")
-        if not isinstance(x, (int, float)) or y is None or x <= 0:
+    by_method: dict[str, list[tuple[float, float]]] = {}
+    labels, references = [], []
+    for c in sorted(configs, key=lambda c: c.first.get(key) or 0):
+        v = quality_values(c, split)
+        size = c.first.get(key)
+        if not v or not isinstance(size, (int, float)):
             continue
         method = str(c.first.get("adaptation_type"))
-        std = c.std("best_metric")
-        ax.errorbar([x], [y], yerr=[std] if std is not None else None, fmt="o", color=colors[method],
-                    capsize=4, markersize=7, label=method if method not in labelled else None)
-        labelled.add(method)
-        # alternate above / below so neighbours' labels do not run into each other
-        ax.annotate(f"{c.label or method} (n={len(c.runs)})", (x, y), textcoords="offset points",
-                    xytext=(6, 6 if k % 2 == 0 else -13),
-                    fontsize=7.5, color=colors[method],
-                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
-        pts.append((float(x), y))
-    if not pts:
+        y, std = statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else None)
+        if size <= 0:
+            references.append((c, y, std))
+            continue
+        ax.errorbar([size], [y], yerr=[std] if std is not None else None, fmt="o", color=colors[method],
+                    capsize=4, markersize=6, label=method if method not in by_method else None, zorder=3)
+        by_method.setdefault(method, []).append((float(size), y))
+        labels.append((float(size), y, f"{method} {c.label} (n={len(v)})".replace("  ", " "), colors[method]))
+    if not by_method and not references:
         return False
-    higher = higher_is_better(metric)
-    front = pareto(pts, higher)
-    if len(front) > 1:
-        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="0.5", linewidth=1,
-                label="efficiency frontier", zorder=0)
+    for method, pts in by_method.items():  # each method's efficiency frontier
+        front = pareto(pts, higher)
+        if len(front) > 1:
+            ax.plot([p[0] for p in front], [p[1] for p in front], "--", color=colors[method], linewidth=1.2,
+                    alpha=0.8, zorder=2, label=f"{method} Pareto front")
+    xs = [p[0] for pts in by_method.values() for p in pts] or [1.0]
     ax.set_xscale("log")
-    _plain_log_ticks(ax, [p[0] for p in pts])
-    ax.set_xlabel("trainable parameters (adapter + head, log scale)")
-    ax.set_ylabel(f"best validation {metric} (mean ± std over seeds)"
-                  + ("" if higher else ", lower is better"))
-    ax.set_title(f"{task}: best {metric} vs trainable parameters")
+    lo, hi = min(xs), max(xs)
+    ax.set_xlim(lo / 1.6, hi * 1.6) if lo != hi else ax.set_xlim(lo / 2, hi * 2)
+    for c, y, std in references:  # head-only / full fine-tuning: no adapter, a level to compare with
+        method = str(c.first.get("adaptation_type"))
+        ax.axhline(y, color=colors[method], linestyle=":", linewidth=1.4, zorder=1,
+                   label=f"{_display(c, configs)} (n={len(quality_values(c, split))}, no adapter)")
+        if std is not None:
+            ax.axhspan(y - std, y + std, color=colors[method], alpha=0.08, linewidth=0, zorder=0)
+    _plain_log_ticks(ax, xs)
+    ax.set_xlabel(xlabel)
+    what = f"test {metric}" if split == "test" else f"best validation {metric}"
+    ax.set_ylabel(f"{what} (mean ± std over seeds)" + ("" if higher else ", lower is better"))
+    ax.set_title(f"{task}: {what} vs {x} parameters")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    xs = [p[0] for p in pts]
-    if min(xs) == max(xs):  # a single size: give the log axis some room
-        ax.set_xlim(min(xs) / 2, max(xs) * 2)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    place_labels(ax, labels)
     _save(fig, path)
     return True
+
+
+def place_labels(ax, items: list[tuple[float, float, str, object]]) -> list:
+    """Annotate points without overlaps: each label takes the first candidate offset whose box meets
+    neither an earlier label nor a marker (greedy, in display space); returns the text artists."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = ax.figure
+    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    offsets = [(7, 5), (7, -13), (-7, 5), (-7, -13), (7, 17), (7, -25), (-7, 17), (-7, -25),
+               (7, 29), (7, -37), (-7, 29), (-7, -37), (7, 41), (7, -49)]
+    markers = [ax.transData.transform((px, py)) for px, py, _, _ in items]
+    placed, texts = [], []
+    for (px, py, text, color) in items:
+        best = None
+        for dx, dy in offsets:
+            t = ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), fontsize=7.5,
+                            color=color, ha="left" if dx > 0 else "right",
+                            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+            box = t.get_window_extent(renderer).expanded(1.02, 1.08)
+            clash = any(box.overlaps(b) for b in placed) or any(box.contains(mx, my) for mx, my in markers)
+            if not clash:
+                best = (t, box)
+                break
+            t.remove()
+        if best is None:  # every candidate clashes: the first one, drawn anyway
+            dx, dy = offsets[0]
+            t = ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), fontsize=7.5, color=color,
+                            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+            best = (t, t.get_window_extent(renderer))
+        texts.append(best[0])
+        placed.append(best[1])
+    return texts
 
 
 def _plain_log_ticks(ax, xs: list[float]) -> None:
@@ -496,10 +652,23 @@ def build_report(dirs: list[Path], out: Path | None = None, plots: bool = True) 
         devices = sorted({str(c.first.get("device")) for c in group})
         md += [f"Device: {', '.join(devices)}; seeds: "
                + "; ".join(f"{_display(c, group)}: {', '.join(map(str, c.seeds))}" for c in group), ""]
+        matched = matched_budgets(group, metric)
+        if matched:
+            split = matched[0]["split"]
+            md += [f"### Matched budgets: LSR vs LoRA, {split} {metric}", "",
+                   f"Each LoRA configuration against the LSR configuration closest to it in adapter parameters "
+                   f"(by ratio). Split: **{split}** ("
+                   + ("the labelled test split, with each run's best-epoch weights" if split == "test" else
+                      "the best validation metric of each run: not every run has test labels")
+                   + f"). LSR − LoRA is the difference of the means over the seeds with its "
+                   f"{CONFIDENCE:.0%} Welch t interval; better / worse when the whole interval favours / "
+                   f"disfavours LSR, else tie.", "", md_matched_table(matched, metric), ""]
         if plots:
             slug = _slug(task if len({m for t, m in by_task(configs) if t == task}) == 1 else f"{task}_{metric}")
             for name, draw, args in (("curves", plot_curves, (group, task, metric)),
                                      ("frontier", plot_frontier, (group, task, metric)),
+                                     ("frontier_trainable", partial(plot_frontier, x="trainable"),
+                                      (group, task, metric)),
                                      ("memory", plot_memory, (group, task))):
                 png = out / f"{name}_{slug}.png"
                 if draw(*args, png):
