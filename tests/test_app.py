@@ -58,7 +58,10 @@ def test_readme_commands_compose(command):
 def test_defaults_follow_the_lora_recipe():
     cfg = compose()
     assert cfg.model.name_or_path == "roberta-base"
-    assert list(cfg.model.target_modules) == ["query", "value"]
+    assert cfg.model.target_modules is None  # RoBERTa's default: q and v (the one source of it)
+    from lsr_adapt.adapters import DEFAULT_TARGET_MODULES
+
+    assert DEFAULT_TARGET_MODULES["roberta"] == ["query", "value"]
     assert (cfg.model.lora.r, cfg.model.lora.alpha) == (8, 8)
     assert cfg.training.num_train_epochs == 20 and cfg.training.batch_size == 16
     assert cfg.training.warmup_ratio == 0.06 and cfg.training.lr_scheduler == "linear"
