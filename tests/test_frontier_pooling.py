@@ -120,3 +120,27 @@ def test_the_config_option_reaches_the_model():
     assert loaded.model.config.lsr_adapt_pooling == "mean"
     loaded = get_task(cfg.data).load(str(tiny_checkpoint("roberta")), cfg.data, {"pooling": "cls"})
     assert not hasattr(loaded.model.config, POOLING_ATTR)
+
+
+def test_a_mean_pooling_run_reloads_and_exports_as_it_was_trained(tmp_path):
+    """The run records its pooling; predict/export rebuild it; peft (stock head) is refused, merged is exact."""
+    from conftest import SMALL_RUN, assert_one_line_error, cli, run_train
+    from transformers import AutoModelForSequenceClassification
+
+    from lsr_adapt.artifacts import load_run
+
+    run = tmp_path / "run"
+    run_train(run, *SMALL_RUN, "model.pooling=mean")
+    (run / "config_resolved.yaml").unlink()  # a bare adapter dir must still know: adapter_config.json records it
+    live = load_run(run)
+    assert live.adapter_config["pooling"] == "mean" and getattr(live.model.config, POOLING_ATTR) == "mean"
+    assert_one_line_error(cli("--run", str(run), "--format", "peft", "--out", str(tmp_path / "peft"),
+                              module="lsr_adapt.export"), "model.pooling=mean", "--format merged")
+    proc = cli("--run", str(run), "--format", "merged", "--out", str(tmp_path / "merged"), module="lsr_adapt.export")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = load_classifier(str(tmp_path / "merged"), 2).model.eval()  # pooling from the saved config
+    assert isinstance(merged, AutoModelForSequenceClassification._model_mapping[type(merged.config)])
+    batch = live.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        # fp32 both; merging reorders one sum per adapted weight, rounding ~eps·|logit| per layer
+        torch.testing.assert_close(merged(**batch).logits, live.model(**batch).logits, rtol=1e-4, atol=1e-5)

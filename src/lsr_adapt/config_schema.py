@@ -232,6 +232,7 @@ class ModelSchema(BaseModel):
     asset: Text | None = _f(None, "must be an asset name, or null")
     lr: Annotated[Number, Field(gt=0)] | None = _f(None, "must be a number > 0, or null")
     dtype: Literal["float32", "float16", "bfloat16"] | None = _f(None, _choices(["float32", "float16", "bfloat16", "null"]))
+    pooling: Literal["cls", "mean"] | None = _f(None, _choices(["cls", "mean", "null"]))
 
 
 def _factors(v):

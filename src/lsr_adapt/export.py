@@ -89,6 +89,10 @@ def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool =
         raise LsrAdaptError(f"{out}: already exists; choose another output directory or pass --overwrite")
     run = load_run(run_dir, base=base, check_fingerprint=check_fingerprint, check_checksum=check_checksum)
     meta = run.adapter_config
+    if fmt != "merged" and meta.get("pooling") == "mean":
+        # peft rebuilds the stock transformers head, which reads the first token: not this run's model
+        raise LsrAdaptError(f"{run_dir}: this run's head reads the mean of the last hidden states "
+                            f"(model.pooling=mean), which a peft adapter cannot express; use --format merged")
     report = {"format": fmt, "source": str(run_dir), "adaptation_type": meta.get("adaptation_type"),
               "method_config": meta.get("method_config"), "base_model": meta.get("base_model")}
 

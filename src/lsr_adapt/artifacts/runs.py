@@ -128,8 +128,8 @@ def _model_configs(adapter_config: dict, run_config) -> tuple[Any, Any]:
 
     if run_config is not None and "data" in run_config and "model" in run_config:
         data_cfg, model_cfg = run_config.data, run_config.model
-    else:
-        data_cfg, model_cfg = OmegaConf.create({}), OmegaConf.create({})
+    else:  # a bare adapter dir
+        data_cfg, model_cfg = OmegaConf.create({}), OmegaConf.create({"pooling": adapter_config.get("pooling")})
     num_labels = adapter_config.get("num_labels")  # 0: no task head (causal LM)
     return (OmegaConf.merge(data_cfg, {"task_type": adapter_config.get("task_type") or "classification",
                                        "num_labels": 2 if num_labels is None else int(num_labels)}),

@@ -216,6 +216,8 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
         for k in sorted(set(old) | set(new), key=str):
             if f"{prefix}{k}" in RESUME_MAY_CHANGE:
                 continue
+            if k not in old and old:  # a key lsr-adapt added since the run started: its default is the old behaviour
+                continue
             out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
     return [] if old == new else [prefix.rstrip(".")]

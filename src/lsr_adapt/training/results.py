@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from .. import __version__
 from ..adapters import adapter_layers
 from ..distributed import world_size
+from ..modeling import POOLING_ATTR
 
 
 def peak_memory() -> tuple[float, str]:
@@ -44,6 +45,7 @@ def adapter_meta(cfg: DictConfig, built, task_name: str, init_info) -> dict:
         "task_type": task_name,
         "label_names": list(dcfg.label_names) if dcfg.get("label_names") else None,
         "text_fields": list(dcfg.get("text_fields") or []),
+        "pooling": getattr(built.model.config, POOLING_ATTR, None),  # what the head reads (classifiers)
         "init_from": init_info,
     }
 
