@@ -6,9 +6,9 @@ import hydra
 from omegaconf import DictConfig
 
 from lsr_adapt.cli import exit_on_user_error, flags_first
+from lsr_adapt.config_schema import validate_config
 from lsr_adapt.distributed import hydra_overrides_for_rank, share_run_stamp
 from lsr_adapt.sweep_status import run_job
-from lsr_adapt.training import train
 from lsr_adapt.training.rundir import refusal, register_resolvers
 
 register_resolvers()  # Hydra's own files stay out of a finished or busy run dir (conf/config.yaml)
@@ -20,8 +20,15 @@ def main(cfg: DictConfig) -> float | None:
     # --multirun returns None (its failed.json holds the error; Optuna counts a failed trial) and the
     # sweep goes on; a single run's user error is one `error:` line and exit status 2.
     # (a job refused a finished or busy run dir writes nothing there: `refusal`)
-    results = exit_on_user_error(run_job, train, cfg, refusal=refusal)
+    results = exit_on_user_error(run_job, validate_then_train, cfg, refusal=refusal)
     return None if results is None else results["best_metric"]
+
+
+def validate_then_train(cfg: DictConfig) -> dict:
+    validate_config(cfg)  # bad input answered before the Trainer stack imports (seconds)
+    from lsr_adapt.training import train
+
+    return train(cfg)
 
 
 if __name__ == "__main__":

@@ -233,3 +233,11 @@ def test_cli_without_hub_fails_within_seconds_saying_what_to_do(tmp_path):
     line = assert_one_line_error(proc, run_dir, "cannot load model 'roberta-base'", "cannot be reached",
                                  "HF_HUB_OFFLINE=1", "experiment=smoke", "experiment=demo")
     assert elapsed < 30, (elapsed, line)  # process start and imports included (53 s of retries before)
+
+
+def test_every_scheduler_the_schema_accepts_is_one_transformers_has():
+    from transformers.trainer_utils import SchedulerType
+
+    from lsr_adapt.config_schema import SCHEDULERS
+
+    assert set(SCHEDULERS) <= {s.value for s in SchedulerType}

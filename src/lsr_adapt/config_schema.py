@@ -64,16 +64,11 @@ def _f(default: Any, allowed: str, **constraints) -> Any:
     return Field(default, description=allowed, **constraints)
 
 
-def _scheduler_types() -> tuple[str, ...]:
-    try:
-        from transformers.trainer_utils import SchedulerType
-
-        return tuple(s.value for s in SchedulerType)
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-
-
-SCHEDULERS = _scheduler_types()
+# transformers' SchedulerType values, listed here so validation needs no import of transformers'
+# trainer stack (seconds); tests/test_validation.py checks each is one transformers accepts
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SAMPLING = ("random", "group_by_length")
 NONFINITE = ("stop", "skip")
