@@ -71,14 +71,18 @@ def cli(*args: str, module: str | None = None, cwd: Path = ROOT, timeout: int = 
     """``python main.py ARGS`` (or ``python -m MODULE ARGS``) as a user runs it, output captured."""
     cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, str(ROOT / "main.py"), *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit status 2, no traceback, and the last stderr line is ``error: ...`` naming ``words``."""
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words, run_dir: Path | None = None) -> str:
+    """The error contract: exit status 2, no traceback, the last stderr line is ``error: ...`` naming
+    ``words``; with ``run_dir``, no results or adapter written there."""
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines and lines[-1].startswith("error: "), proc.stderr[-3000:]
-    assert all(w in lines[-1] for w in words), lines[-1]
+    assert all(str(w) in lines[-1] for w in words), lines[-1]
+    if run_dir is not None:
+        for name in ("results.json", "adapter_model.safetensors", "adapter_config.json"):
+            assert not (Path(run_dir) / name).exists(), name
     return lines[-1]

@@ -9,8 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import compose
-from test_validation import assert_one_line_error, main_py
+from conftest import assert_one_line_error, cli, compose
 
 from lsr_adapt.errors import LsrAdaptError
 
@@ -138,6 +137,6 @@ def test_cli_bad_data(tmp_path, case):
         write_split_files(d, {"train": [*[f"kaba {i},{'yes' if i % 2 else 'no'}" for i in range(8)], "a b,maybe"],
                               "validation": [f"koko {i},{'yes' if i % 2 else 'no'}" for i in range(4)]})
     run_dir = tmp_path / "run"
-    proc = main_py("experiment=smoke", "data=sst2", "data.synthetic=false", f"data.path={d}", *extra,
+    proc = cli("experiment=smoke", "data=sst2", "data.synthetic=false", f"data.path={d}", *extra,
                    f"hydra.run.dir={run_dir}", "training.report_to=none", "training.num_train_epochs=1", cwd=tmp_path)
-    assert_one_line_error(proc, run_dir, *wanted)
+    assert_one_line_error(proc, *wanted, run_dir=run_dir)

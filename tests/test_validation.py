@@ -12,10 +12,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import CONF, ROOT, compose
+from conftest import CONF, ROOT, assert_one_line_error, cli, compose
 
 from lsr_adapt.config_schema import validate_config
 from lsr_adapt.errors import LsrAdaptError
@@ -182,26 +181,6 @@ def test_unreachable_hub_through_the_loaders(monkeypatch):
 
 # -- the command line ------------------------------------------------------------------------------
 
-def main_py(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, run_dir: Path, *wanted: str) -> str:
-    """The error contract: exit 2, the last stderr line is the error naming the value, no traceback,
-    no results or adapter written."""
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert lines and lines[-1].startswith("error: "), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    for text in wanted:
-        assert text in lines[-1], lines[-1]
-    for name in ("results.json", "adapter_model.safetensors", "adapter_config.json"):
-        assert not (run_dir / name).exists()
-    return lines[-1]
-
-
 @pytest.mark.parametrize("overrides, wanted", [
     (["training.learning_rate=-1.0"], "training.learning_rate=-1.0: must be a number > 0"),
     (["training.learning_rate=fast"], "training.learning_rate='fast': must be a number > 0"),
@@ -214,9 +193,14 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, run_dir: Path, *wan
     (["+training.lr=1e-4"], "unknown key training.lr; valid keys:"),
 ])
 def test_cli_bad_config_values(tmp_path, overrides, wanted):
-    run_dir = tmp_path / "run"
-    proc = main_py("experiment=smoke", f"hydra.run.dir={run_dir}", "training.report_to=none", *overrides, cwd=tmp_path)
-    assert_one_line_error(proc, run_dir, wanted)
+    run_dir, other = tmp_path / "run", tmp_path / "other_run"  # a finished run beside it: never touched
+    other.mkdir()
+    for name in ("results.json", "adapter_config.json", "config_resolved.yaml"):
+        (other / name).write_text(f"{name} of another run\n")
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    proc = cli("experiment=smoke", f"hydra.run.dir={run_dir}", "training.report_to=none", *overrides, cwd=tmp_path)
+    assert_one_line_error(proc, wanted, run_dir=run_dir)
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
 
 
 def test_cli_without_hub_fails_within_seconds_saying_what_to_do(tmp_path):
@@ -230,8 +214,8 @@ def test_cli_without_hub_fails_within_seconds_saying_what_to_do(tmp_path):
                            f"hydra.run.dir={run_dir}", "training.report_to=none"], cwd=tmp_path,
                           env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - t0
-    line = assert_one_line_error(proc, run_dir, "cannot load model 'roberta-base'", "cannot be reached",
-                                 "HF_HUB_OFFLINE=1", "experiment=smoke", "experiment=demo")
+    line = assert_one_line_error(proc, "cannot load model 'roberta-base'", "cannot be reached",
+                                 "HF_HUB_OFFLINE=1", "experiment=smoke", "experiment=demo", run_dir=run_dir)
     assert elapsed < 30, (elapsed, line)  # process start and imports included (53 s of retries before)
 
 

@@ -36,7 +36,7 @@ from .adapters import get_method, resolve_target_modules
 from .adapters.base import base_layer_dims
 from .adapters.lsr import MAX_FACTOR_RATIO, LSRLinear
 from .cli import exit_on_user_error
-from .errors import LsrAdaptError
+from .errors import LsrAdaptError, first_line
 from .modeling import head_parameter_names
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def meta_model(model: str | None = None, arch: str | None = None) -> nn.Module:
         try:
             config = AutoConfig.from_pretrained(model)
         except (OSError, ValueError) as e:
-            raise LsrAdaptError(f"cannot load the config of model {model!r}: {str(e).splitlines()[0][:200]}") from None
+            raise LsrAdaptError(f"cannot load the config of model {model!r}: {first_line(e)[:200]}") from None
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config)
 

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .adapters import get_method
-from .errors import LsrAdaptError
+from .errors import LsrAdaptError, first_line
 from .metrics import check_metric_names
 from .tasks import task_type_of
 
@@ -347,7 +347,7 @@ def _resolved(cfg: DictConfig) -> dict:
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         key = getattr(e, "full_key", None)
         raise LsrAdaptError(f"config value {key or ''} cannot be resolved: {first}".replace("value  ", "value "))\
             from None

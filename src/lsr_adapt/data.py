@@ -9,7 +9,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from .errors import LsrAdaptError
+from .errors import LsrAdaptError, first_line
 from .hub import hub_error, require_hub
 from .metrics import check_metric_names
 
@@ -25,11 +25,6 @@ def _get(cfg, key, default=None):
 
 
 TEXT_BUILDERS = ("csv", "json", "text")  # the loaders that decode text (and take an ``encoding``)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _load_files(files: dict[str, str], encoding: str = "utf-8"):
@@ -63,7 +58,7 @@ def _cause(e: BaseException) -> str:
     """The first line of the innermost exception (datasets wraps the reader's in its own)."""
     while (e.__cause__ or e.__context__) is not None:
         e = e.__cause__ or e.__context__
-    return _first_line(e)
+    return first_line(e)
 
 
 def _disk_problem(local: Path) -> str | None:
@@ -164,7 +159,7 @@ def load_raw(data_cfg):
         offline = hub_error(path, "dataset", e)
         if offline is not None:
             raise offline from None
-        first = _first_line(e)
+        first = first_line(e)
         raise LsrAdaptError(f"cannot load dataset {path!r} ({_get(data_cfg, 'subset')}): {first}; "
                             f"point data.path at a local copy (save_to_disk dir or train/validation files)") from None
     raw.source_files = {name: f"hub {what}" for name in raw}

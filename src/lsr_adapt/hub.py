@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import LsrAdaptError
+from .errors import LsrAdaptError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def hub_error(name_or_path: str, what: str, exc: BaseException) -> LsrAdaptError
     None when the failure is something else (then the caller reports it as before)."""
     if is_local(name_or_path) or not offline_mode():
         return None
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     log.debug("offline load of %s failed: %s", name_or_path, text)
     return offline_error(name_or_path, what, "offline mode (HF_HUB_OFFLINE=1) and it is not in the local "
                                              "Hugging Face cache")

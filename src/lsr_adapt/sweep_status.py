@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LsrAdaptError
+from .errors import LsrAdaptError, first_line
 from .iofiles import write_json
 
 log = logging.getLogger("lsr_adapt")
@@ -41,10 +41,10 @@ def in_multirun() -> bool:
 
 def error_line(e: BaseException) -> str:
     """The one line a user sees: a user error's own message; for a crash, its type and first line."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, LsrAdaptError):
-        return text or type(e).__name__
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    text = first_line(e)  # the type's name when the message is empty
+    if isinstance(e, LsrAdaptError) or text == type(e).__name__:
+        return text
+    return f"{type(e).__name__}: {text}"
 
 
 def _job_dir(cfg) -> Path:

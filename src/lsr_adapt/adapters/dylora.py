@@ -53,8 +53,7 @@ class DyLoRALinear(LoRALinear):
 
     def __init__(self, base_layer: nn.Module, cfg: DyLoRAConfig | None = None, name: str = "", **values):
         super().__init__(base_layer, cfg, name, **values)
-        self.eval_rank = self.r
-        self.set_rank(self.config.eval_rank or self.r)
+        self.set_rank(self.config.eval_rank or self.r)  # eval_rank: the rank used outside training
         # the rank of the current training step, set for all layers at once by the model's
         # forward pre-hook (``install_rank_sampler``); a layer used alone samples its own
         self.train_rank: torch.Tensor | None = None

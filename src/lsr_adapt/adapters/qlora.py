@@ -99,12 +99,6 @@ def _version(v: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _quant_device(weight: torch.Tensor) -> torch.device:
-    # quantize where the weight is, so the model stays on one device (train() quantizes on CPU and
-    # the Trainer then moves the 4-bit weights with the rest; the layout is the same on every device)
-    return weight.device
-
-
 def _as_linear(layer: nn.Module) -> nn.Linear:
     """nn.Linear as is; a GPT-2 Conv1D (weight in × out) as the equivalent nn.Linear."""
     if isinstance(layer, nn.Linear):
@@ -130,7 +124,9 @@ def quantize_linear(layer: nn.Module, cfg: QLoRAConfig, name: str = "") -> nn.Mo
     """A frozen ``bnb.nn.Linear4bit`` holding ``layer``'s weight in 4 bits (bias kept as is, frozen)."""
     bnb = bitsandbytes()
     lin = _as_linear(layer)
-    device = _quant_device(lin.weight)
+    # quantize where the weight is, so the model stays on one device (train() quantizes on CPU and
+    # the Trainer then moves the 4-bit weights with the rest; the layout is the same on every device)
+    device = lin.weight.device
     # CPU *quantization* is right for any shape; the CPU *dequantization* is what is wrong, so a model
     # quantized here and trained on CUDA (train() on a GPU machine) is fine
     if device.type == "cpu" and not torch.cuda.is_available() and lin.in_features % int(cfg.blocksize):
