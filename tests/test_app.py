@@ -241,9 +241,13 @@ def test_cli_multirun_gives_each_job_its_own_dir(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["model.adaptation_type=lorax"], "error: unknown adaptation_type 'lorax'; valid choices: dora, "),
-    (["model.target_modules=[qkv]"], "error: target_modules ['qkv'] matched no Linear layer"),
-    (["model=roberta_lsr", "model.lsr.in_factors=[5,5]"], "error: LSR factors [5, 5] do not multiply to the input dim 32"),
-    (["model=roberta_lsr", "model.lsr.r=9"], "error: LSR rank r=9 exceeds the smallest Kronecker factor"),
+    pytest.param(["model.target_modules=[qkv]"], "error: target_modules ['qkv'] matched no Linear layer",
+                 marks=pytest.mark.slow),
+    # these two reach the model (the factors are checked against its layers): seconds more each
+    pytest.param(["model=roberta_lsr", "model.lsr.in_factors=[5,5]"],
+                 "error: LSR factors [5, 5] do not multiply to the input dim 32", marks=pytest.mark.slow),
+    pytest.param(["model=roberta_lsr", "model.lsr.r=9"], "error: LSR rank r=9 exceeds the smallest Kronecker factor",
+                 marks=pytest.mark.slow),
     (["+model.lora.rank=4"], "error: unknown lora option(s) ['rank']; valid options: alpha, dropout, r, use_rslora"),
     (["data.metric=auc"], "error: unknown metric 'auc'; valid choices:"),
     (["training.sampling=sorted"], "error: training.sampling='sorted'; valid choices: random, group_by_length"),

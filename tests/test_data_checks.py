@@ -112,7 +112,8 @@ def test_max_length_null_is_the_tokenizers_limit(tmp_path):
 
 # -- the command line ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["empty", "header_only", "latin1", "label_out_of_range", "unknown_string_label"])
+@pytest.mark.parametrize("case", ["label_out_of_range", *[pytest.param(c, marks=pytest.mark.slow) for c in
+                                                     ("empty", "header_only", "latin1", "unknown_string_label")]])
 def test_cli_bad_data(tmp_path, case):
     """One row each through ``python main.py``: exit 2, one `error:` line naming the file, no traceback,
     nothing written."""

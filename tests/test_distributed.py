@@ -98,12 +98,14 @@ def test_torchrun_two_processes_match_one_process(tmp_path, model):
     assert not list(two.glob("checkpoint-*"))
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_accelerate_launch_two_processes_match_one_process(tmp_path):
     _launch(tmp_path / "one", 1, *EXACT, "model=roberta_lsr")
     _launch(tmp_path / "two", 2, *EXACT, "model=roberta_lsr", launcher="accelerate")
     _compare(_run_dir(tmp_path / "one"), _run_dir(tmp_path / "two"))
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_torchrun_with_gradient_accumulation_and_checkpointing(tmp_path):
     """2 processes × 2 accumulation steps × 4 per device == one process with batch 16; checkpoints
     (every rank's RNG file) and non-reentrant activation checkpointing work under DDP too."""
@@ -190,7 +192,8 @@ FSDP_SLOW = ["roberta_lora", "roberta_dora", "roberta_dylora", "roberta_lora_fa"
              "roberta_head"]
 
 
-@pytest.mark.parametrize("model", ["roberta_lsr"] + [pytest.param(m, marks=pytest.mark.slow) for m in FSDP_SLOW])
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
+@pytest.mark.parametrize("model", ["roberta_lsr", *FSDP_SLOW])
 def test_fsdp_two_processes_match_one_process(tmp_path, model):
     """Sharded parameters, sharded optimizer, best-epoch restore into shards, whole weights gathered
     for the adapter and its base fingerprint: the same files as one unsharded process."""
@@ -202,6 +205,7 @@ def test_fsdp_two_processes_match_one_process(tmp_path, model):
     assert ca["base_fingerprint"] == cb["base_fingerprint"]  # the gathered base, not one rank's shard
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_fsdp_killed_run_resumes_from_its_sharded_checkpoint(tmp_path):
     """LoRA+ (its own optimizer groups, which FSDP needs built by the Trainer) under FSDP, SIGKILLed
     after step 20 and re-run: the checkpoint's sharded optimizer state is restored and the result
@@ -218,6 +222,7 @@ def test_fsdp_killed_run_resumes_from_its_sharded_checkpoint(tmp_path):
     _compare(_run_dir(tmp_path / "one"), two)
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_fsdp_that_accelerate_does_not_apply_is_an_error_not_silent_ddp(tmp_path):
     """Without GPUs accelerate leaves FSDP off; the run must say so instead of training with DDP."""
     out = _launch(tmp_path, 2, *EXACT, "model=roberta_lora", "training.fsdp=true", check=False)

@@ -49,6 +49,7 @@ def _assert_no_partial_files(run_dir: Path) -> None:
         assert checkpoint_problem(ckpt) is None, ckpt
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_sigkill_mid_training_then_same_command_resumes_to_the_same_result(tmp_path):
     """The issue's test: SIGKILL after step 23 (mid epoch 1), re-run the same command, same weights and metrics."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}

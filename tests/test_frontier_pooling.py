@@ -122,6 +122,7 @@ def test_the_config_option_reaches_the_model():
     assert not hasattr(loaded.model.config, POOLING_ATTR)
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_a_mean_pooling_run_reloads_and_exports_as_it_was_trained(tmp_path):
     """The run records its pooling; predict/export rebuild it; peft (stock head) is refused, merged is exact."""
     from conftest import SMALL_RUN, assert_one_line_error, cli, run_train

@@ -41,7 +41,7 @@ def finished_run(tmp_path_factory) -> Path:
 # -- one run dir, one run ---------------------------------------------------------------------------
 def test_a_rerun_into_a_finished_run_dir_changes_none_of_its_files(tmp_path):
     run = tmp_path / "run"
-    first = cli("experiment=smoke", *SMALL_RUN, "logger=none", f"hydra.run.dir={run}")
+    first = cli("experiment=smoke", *SMALL_RUN, "training.num_train_epochs=0", "logger=none", f"hydra.run.dir={run}")
     assert first.returncode == 0, first.stderr[-3000:]
     before = _files(run)
     assert ".hydra/overrides.yaml" in before and "main.log" in before
@@ -52,7 +52,8 @@ def test_a_rerun_into_a_finished_run_dir_changes_none_of_its_files(tmp_path):
 
 def test_a_second_process_into_a_live_run_dir_stops_at_once(tmp_path):
     run = tmp_path / "run"
-    long_run = ("experiment=smoke", "logger=none", "training.num_train_epochs=40", f"hydra.run.dir={run}")
+    # ~15 s of training: the second process (refused in ~3 s once the lock is seen) starts well inside it
+    long_run = ("experiment=smoke", "logger=none", "training.num_train_epochs=18", f"hydra.run.dir={run}")
     first = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *long_run], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -85,7 +86,7 @@ def test_stale_temp_files_of_a_killed_write_are_removed_when_a_run_starts(tmp_pa
 
 
 # -- a diverged run --------------------------------------------------------------------------------
-@pytest.mark.parametrize("policy", ["skip", "stop"])
+@pytest.mark.parametrize("policy", ["skip", pytest.param("stop", marks=pytest.mark.slow)])
 def test_a_diverged_run_fails_and_saves_no_adapter(tmp_path, policy):
     run = tmp_path / "run"
     proc = cli("experiment=smoke", "logger=none", "training.learning_rate=1e6", f"training.nonfinite_loss={policy}",
@@ -117,28 +118,43 @@ def _flip_bytes(weights: Path) -> None:
     weights.write_bytes(bytes(data))
 
 
-def test_a_flipped_byte_adapter_is_refused_by_every_loader(finished_run, tmp_path):
+@pytest.fixture
+def flipped_run(finished_run, tmp_path) -> Path:
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     _flip_bytes(run / "adapter_model.safetensors")
+    return run
+
+
+def test_a_flipped_byte_adapter_is_refused_by_predict_unless_told(flipped_run):
+    run = flipped_run
     predict = cli("--run", str(run), "--text", "bako mimi", "--text-pair", "bako lo", module="lsr_adapt.predict")
     assert_one_line_error(predict, "adapter_model.safetensors", "does not match the checksum")
+    # a file edited on purpose: an explicit option
+    ok = cli("--run", str(run), "--text", "bako mimi", "--text-pair", "bako lo", "--no-checksum-check",
+             module="lsr_adapt.predict")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+
+
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
+def test_a_flipped_byte_adapter_is_refused_by_export_and_init_from(flipped_run, tmp_path):
+    run = flipped_run
     for fmt in ("merged", "peft"):
         export = cli("--run", str(run), "--format", fmt, "--out", str(tmp_path / fmt), module="lsr_adapt.export")
         assert_one_line_error(export, "does not match the checksum")
         assert not (tmp_path / fmt).exists()
     with pytest.raises(LsrAdaptError, match="does not match the checksum"):
         run_train(tmp_path / "continued", *SMALL_RUN, f"init_from={run}")
-    # a file edited on purpose: an explicit option on every path
-    ok = cli("--run", str(run), "--text", "bako mimi", "--text-pair", "bako lo", "--no-checksum-check",
-             module="lsr_adapt.predict")
+    ok = cli("--run", str(run), "--format", "merged", "--out", str(tmp_path / "edited"), "--no-checksum-check",
+             module="lsr_adapt.export")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert run_train(tmp_path / "continued2", *SMALL_RUN, f"init_from={run}", "init_from_checksum=false")["init_from"]
 
 
 # -- saved runs come back as the model class they were trained as ---------------------------------
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_a_causal_lm_run_exports_merged_as_a_causal_lm(tmp_path):
     from transformers import AutoModelForCausalLM
 

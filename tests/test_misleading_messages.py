@@ -46,6 +46,7 @@ def _write(path, rows):
         w.writerows(rows)
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_eval_split_on_local_data_names_the_split_and_the_splits_there_are(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -168,6 +168,7 @@ def test_a_crashing_job_is_recorded_with_its_traceback_in_the_log_file(tmp_path)
             os.environ[SWEEP_ID_ENV] = old_id
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_optuna_search_goes_on_past_a_failed_trial(tmp_path):
     """A failed trial is a FAIL trial for Optuna (main() returns None), the search goes on, the best
     trial is a completed one, and the sweep exits non-zero. With sampler seed 0, TPE's first two
@@ -190,6 +191,7 @@ def test_optuna_search_goes_on_past_a_failed_trial(tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 jobs failed")
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_optuna_search_two_trials(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
@@ -263,6 +265,7 @@ def test_equal_budget_sweep_runs_both_methods_at_the_budget(tmp_path):
     assert w["configs"] == 2
 
 
+@pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_submitit_local_launch(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "local"
