@@ -244,3 +244,21 @@ def test_target_modules_errors_list_available_layers():
         replace_linear_with_lora(loaded.model, ["qkv"])
     model = replace_linear_with_lora(loaded.model, "all-linear")
     assert len(adapter_layers(model)) == 2 * 6 + 2  # 6 Linear per layer, plus the head's 2 (no exclude here)
+
+
+def test_lsr_factors_every_linear_layer_of_smollm2():
+    """SmolLM2-135M's layers (hidden 576, 3 KV heads × 64 = 192, MLP 1536): every one factors, and
+    the layer's ΔW equals the dense Kronecker sum it stands for (the reference: torch.kron)."""
+    from lsr_adapt.adapters.lsr import factorize
+
+    assert [factorize(n) for n in (576, 192, 1536)] == [(24, 24), (16, 12), (48, 32)]
+    torch.manual_seed(0)
+    for in_f, out_f in [(576, 576), (576, 192), (576, 1536), (1536, 576)]:
+        layer = LSRLinear(nn.Linear(in_f, out_f), r=2, num_terms=3)
+        with torch.no_grad():
+            for p in layer.adapter_parameters().values():
+                p.normal_()
+        want = sum(torch.kron(layer.lsr_B1[i] @ layer.lsr_A1[i], layer.lsr_B2[i] @ layer.lsr_A2[i])
+                   for i in range(3)) * layer.scaling
+        # fp32; each entry sums 3 products of r=2 terms each way: rounding ~1e-6 relative to |ΔW|
+        torch.testing.assert_close(layer.delta_weight(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
