@@ -777,9 +777,9 @@ class ToyScaleLinear(AdapterLayer):
 
     b_params = ("toy_v",)
 
-    def __init__(self, base_layer, init: float = 0.0):
+    def __init__(self, base_layer, cfg: ToyScaleConfig, name: str = ""):
         super().__init__(base_layer)
-        self.toy_v = nn.Parameter(torch.full((self.out_features,), float(init)))
+        self.toy_v = nn.Parameter(torch.full((self.out_features,), float(cfg.init)))
 
     def delta_weight(self):
         return self.toy_v[:, None] * self.base_weight()
@@ -789,7 +789,7 @@ def test_adding_a_method_is_one_file_one_registration_one_yaml(tmp_path, monkeyp
     from lsr_adapt.adapters import register_method
 
     monkeypatch.setattr(registry_mod, "METHODS", dict(registry_mod.METHODS))  # leave the real registry alone
-    register_method("toy_scale", ToyScaleConfig, lambda base, cfg, name: ToyScaleLinear(base, cfg.init))
+    register_method("toy_scale", ToyScaleConfig, ToyScaleLinear)  # as a method file ends
     conf = tmp_path / "conf"
     (conf / "adapter").mkdir(parents=True)
     (conf / "model").mkdir()

@@ -47,7 +47,7 @@ def _no_bool(v):
 
 
 def _bool_or_word(v):
-    """``true`` / ``false``, also as the words (train.py has always accepted them for fsdp)."""
+    """``true`` / ``false``, also as the words (training has always accepted them for fsdp)."""
     if isinstance(v, str) and v.lower() in ("true", "false"):
         return v.lower() == "true"
     return v

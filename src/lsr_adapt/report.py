@@ -1,6 +1,6 @@
 """Compare runs: ``python -m lsr_adapt.report SWEEP_OR_RUN_DIR [more dirs] [--out DIR]``.
 
-Reads every ``results.json`` below the given directories (written by ``train.py``) and writes, into
+Reads every ``results.json`` below the given directories (written by ``training.train``) and writes, into
 ``--out`` (default: the first directory):
 
 * ``report.md`` and ``report.csv``: one row per configuration, that is everything but the seed
