@@ -146,7 +146,8 @@ class TrainerRun:
     metric: str
     metric_names: list[str]
     precision: str
-    extra: dict = field(default_factory=dict)
+    train_metrics: dict = field(default_factory=dict)  # the Trainer's, after fit
+    train_runtime: float = 0.0  # seconds in fit
 
 
 def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, out_dir: Path,
@@ -207,16 +208,14 @@ def fit(cfg: DictConfig, run: TrainerRun, resume_from: Path | None) -> None:
     its steps (``nonfinite_loss=skip``) failed, however its metrics look."""
     trainer = run.trainer
     t0 = time.perf_counter()
-    run.extra["train_metrics"] = {}
     if float(cfg.training.num_train_epochs) > 0:
         if world_size() > 1 and not trainer.is_fsdp_enabled:
             compat.unprepare_after_eval(trainer, trainer.model)
         if resume_from is not None:
             log.info("resuming from %s", resume_from)
-        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        run.extra["train_metrics"] = out.metrics
+        run.train_metrics = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
         trainer.check_losses()
-    run.extra["train_runtime"] = time.perf_counter() - t0
+    run.train_runtime = time.perf_counter() - t0
     steps, skipped = trainer.state.global_step, len(trainer.skipped_batches)
     limit = float(cfg.training.get("nonfinite_max_skipped", 0.05))
     if steps and skipped / steps > limit:
@@ -254,7 +253,7 @@ def evaluate_best(run: TrainerRun, built: BuiltModel, splits: dict, extra_eval: 
             "best_epoch": recorder.best_epoch if recorder.best_epoch is not None else 0,
             "test_metrics": test_metrics, "extra": {"before": before["extra"], "after": extra_after},
             "resumed_from": resume_from, "skipped": trainer.skipped_batches, "method_results": method_results,
-            "train_metrics": run.extra["train_metrics"], "train_runtime": run.extra["train_runtime"]}
+            "train_metrics": run.train_metrics, "train_runtime": run.train_runtime}
 
 
 # -- 8. save -------------------------------------------------------------------------------------------------
