@@ -189,3 +189,12 @@ def test_dependency_lower_bounds_are_the_ones_the_code_needs():
     bounds = dict(re.findall(r'^\s*"([a-z_-]+)>=([\d.]+)"', text, flags=re.M))
     for name, minimum in MIN_VERSIONS.items():
         assert bounds[name] == minimum, (name, bounds.get(name), minimum)
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "output_dir"])
+def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path, key):
+    blocker = tmp_path / "a_file"  # a file where a directory should be: not creatable, even for root
+    blocker.write_text("")
+    extra = [] if key == "hydra.run.dir" else [f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = cli("experiment=smoke", "logger=none", f"{key}={blocker / 'run'}", *extra)
+    assert_one_line_error(proc, str(blocker / "run"))

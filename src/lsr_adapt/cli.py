@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 from .errors import LsrAdaptError
 
@@ -15,14 +17,33 @@ def exit_on_user_error(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except LsrAdaptError as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        fail(e)
+
+
+def fail(e: LsrAdaptError) -> NoReturn:
+    """The error contract: one ``error: ...`` line on stderr (and in the log), exit status 2."""
+    log.error("%s", e)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 
 
 # Hydra's flags that take a value (``--info`` and ``--cfg`` take one word; overrides contain '=').
 _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
                 "--package", "-p", "--info", "--experimental-rerun"}
+
+
+def check_output_dirs(argv: list[str]) -> None:
+    """A ``hydra.run.dir=`` / ``hydra.sweep.dir=`` that cannot be created is one ``error:`` line and
+    exit status 2 here, before Hydra (which would print its own traceback when it makes the dir)."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if not sep or key not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in value:
+            continue
+        path = Path(value.strip("'\""))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            fail(LsrAdaptError(f"{key}={value}: cannot create it ({e.strerror or e}); choose a writable directory"))
 
 
 def flags_first(argv: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from ..distributed import is_main_process
-from ..errors import LsrAdaptError
+from ..errors import LsrAdaptError, first_line
 from ..iofiles import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,15 @@ def claim(out_dir: Path):
     if not is_main_process():  # rank 0 holds the lock for all ranks
         yield
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(out_dir)
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
         raise LsrAdaptError(refusal(out_dir) or f"{out_dir} is in use by another running process") from None
+    except OSError as e:
+        raise LsrAdaptError(f"cannot write the run dir {out_dir}: {e.strerror or first_line(e)}; "
+                            f"choose a writable output_dir / hydra.run.dir") from None
     try:
         if (out_dir / RESULTS).exists():  # finished while we waited for the lock
             raise LsrAdaptError(refusal(out_dir))
