@@ -198,3 +198,14 @@ def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path, key):
     extra = [] if key == "hydra.run.dir" else [f"hydra.run.dir={tmp_path / 'hydra'}"]
     proc = cli("experiment=smoke", "logger=none", f"{key}={blocker / 'run'}", *extra)
     assert_one_line_error(proc, str(blocker / "run"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--text", "bako", "--device", "gpu"], ["--device 'gpu': not a device name"]),
+    pytest.param(["--text", "bako", "--device", "cuda"], ["--device 'cuda': this machine has no cuda device"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    pytest.param(["--eval-split", "test", "--data", "nosuch=1"], ["--data nosuch=1", "has no key 'nosuch'"],
+                 marks=pytest.mark.slow),
+])
+def test_predict_bad_input_is_one_line(finished_run, args, words):
+    assert_one_line_error(cli("--run", str(finished_run), *args, module="lsr_adapt.predict"), *words)

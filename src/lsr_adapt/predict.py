@@ -159,6 +159,9 @@ def evaluate_split(run: LoadedRun, split: str, data_overrides=(), batch_size: in
         key, sep, value = item.partition("=")
         if not sep:
             raise LsrAdaptError(f"--data takes key=value, got {item!r}")
+        if key.split(".")[0] not in data_cfg:  # a typo would otherwise be ignored silently
+            raise LsrAdaptError(f"--data {item}: the run's data config has no key {key.split('.')[0]!r}; "
+                                f"its keys: {', '.join(sorted(data_cfg))}")
         OmegaConf.update(data_cfg, key, yaml.safe_load(value) if value else None, merge=False)
     splits = dict(data_cfg.get("splits") or {"train": "train", "validation": "validation", "test": "test"})
     if data_cfg.get("synthetic"):  # generated data: only the splits training generated (no new one)

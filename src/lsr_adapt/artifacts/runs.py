@@ -136,11 +136,30 @@ def _model_configs(adapter_config: dict, run_config) -> tuple[Any, Any]:
             model_cfg)
 
 
+def _check_device(device: str) -> None:
+    """A device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), before any model loads."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise LsrAdaptError(f"--device {device!r}: not a device name; e.g. cpu, cuda, cuda:0, mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(dev.type, False):
+        have = ", ".join(k for k, v in available.items() if v)
+        raise LsrAdaptError(f"--device {device!r}: this machine has no {dev.type} device; available: {have}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LsrAdaptError(f"--device {device!r}: there are {torch.cuda.device_count()} CUDA devices")
+
+
 def load_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True, check_checksum: bool = True,
              device: str | None = None, adapter: bool = True) -> LoadedRun:
     """Rebuild a saved run for inference: base model of the class it was trained as (sequence
     classifier, causal LM, GW detector) + tokenizer + adapter + head, eval mode, frozen.
     ``adapter=False`` gives the base model alone (for comparison)."""
+    if device:
+        _check_device(device)
     run_dir, adapter_config, run_config, base = saved_run(run_dir, base)
     data_cfg, model_cfg = _model_configs(adapter_config, run_config)
     loaded = get_task(data_cfg).load(base, data_cfg, model_cfg)
