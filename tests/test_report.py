@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lsr_adapt.errors import LsrAdaptError
-from lsr_adapt.report import Config, build_report, collect, curve, group_configs, pareto
+from lsr_adapt.report import Config, _display, build_report, collect, curve, group_configs, pareto
 from lsr_adapt.report import main as report_main
 
 LORA = {"r": 8, "alpha": 8, "dropout": 0.0, "use_rslora": False}
@@ -153,6 +153,10 @@ def test_configs_differ_by_everything_but_the_seed(tmp_path):
     # a run continued from another (init_from) is another configuration
     job(root, "e", fake_results("lsr", LSR, 0, 0.9) | {"init_from": {"path": "/x/stage1", "head_loaded": True}})
     assert len(group_configs(collect([root])[0])) == 4
+    # so is a head that reads the mean of the hidden states instead of [CLS] (model.pooling)
+    job(root, "f", fake_results("lsr", LSR, 0, 0.9) | {"pooling": "mean"})
+    configs = group_configs(collect([root])[0])
+    assert len(configs) == 5 and "pool=mean" in _display(next(c for c in configs if c.first.get("pooling")), configs)
 
 
 def test_curve_aggregates_seeds_per_epoch():

@@ -44,7 +44,7 @@ from .sweep_status import FAILED, read_failure
 
 RESULTS = "results.json"
 # keys of results.json that make a configuration (everything but the seed and the measurements)
-CONFIG_FIELDS = ("task", "task_type", "metric_name", "model_name", "adaptation_type", "method_config",
+CONFIG_FIELDS = ("task", "task_type", "metric_name", "model_name", "adaptation_type", "method_config", "pooling",
                  "init_from", "freeze_adapter", "learning_rate", "batch_size", "num_train_epochs", "precision",
                  "device")
 # method hyperparameters always named in labels when set; others only where they vary
@@ -208,7 +208,7 @@ def _display(c: Config, configs: list[Config]) -> str:
     """Method + label, and the training setting where it differs from the other configs shown."""
     text = f"{c.first.get('adaptation_type')} {c.label}".strip()
     for k, short in (("learning_rate", "lr"), ("num_train_epochs", "ep"), ("batch_size", "bs"),
-                     ("model_name", "model"), ("init_from", "from"), ("freeze_adapter", "frozen"),
+                     ("model_name", "model"), ("pooling", "pool"), ("init_from", "from"), ("freeze_adapter", "frozen"),
                      ("device", "on")):
         if len({json.dumps(x.first.get(k)) for x in configs}) > 1:
             text += f" {short}={_fmt_value(c.first.get(k))}"

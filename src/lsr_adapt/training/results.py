@@ -62,6 +62,7 @@ def results_record(cfg: DictConfig, built, task_name: str, outcome: dict, precis
         "task_type": task_name,
         **built.counts,
         "method_config": built.method_values,
+        "pooling": getattr(built.model.config, POOLING_ATTR, None),  # what a classification head reads
         "init_from": built.init_info,
         "freeze_adapter": bool(cfg.get("freeze_adapter", False)),
         "learning_rate": float(tcfg.learning_rate),
