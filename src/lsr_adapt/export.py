@@ -24,7 +24,7 @@ import torch
 
 from .adapters import adapter_layers, merge_and_unload, replace_modules
 from .adapters.qlora import dequantize
-from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_run
+from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_run, saved_run
 from .artifacts.peft_format import peft_lokr, peft_lora, svd_lora
 from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError, choices_error
@@ -87,12 +87,12 @@ def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool =
     out = Path(out)
     if out.exists() and not overwrite:
         raise LsrAdaptError(f"{out}: already exists; choose another output directory or pass --overwrite")
-    run = load_run(run_dir, base=base, check_fingerprint=check_fingerprint, check_checksum=check_checksum)
-    meta = run.adapter_config
-    if fmt != "merged" and meta.get("pooling") == "mean":
+    if fmt != "merged" and saved_run(run_dir, base)[1].get("pooling") == "mean":  # before any model loads
         # peft rebuilds the stock transformers head, which reads the first token: not this run's model
         raise LsrAdaptError(f"{run_dir}: this run's head reads the mean of the last hidden states "
                             f"(model.pooling=mean), which a peft adapter cannot express; use --format merged")
+    run = load_run(run_dir, base=base, check_fingerprint=check_fingerprint, check_checksum=check_checksum)
+    meta = run.adapter_config
     report = {"format": fmt, "source": str(run_dir), "adaptation_type": meta.get("adaptation_type"),
               "method_config": meta.get("method_config"), "base_model": meta.get("base_model")}
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..distributed import is_main_process
 from ..errors import LsrAdaptError, first_line
-from ..iofiles import remove_stale_temp_files
+from ..iofiles import remove_stale_temp_files, write_text
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,6 @@ def claim(out_dir: Path):
 
 
 def write_config(out_dir: Path, cfg: DictConfig) -> None:
-    from ..iofiles import write_text
-
     if is_main_process():
         write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
