@@ -59,9 +59,10 @@ Bool = Annotated[bool, Field(strict=True)]
 Text = Annotated[str, Field(strict=True)]
 
 
-def _f(default: Any, allowed: str, **constraints) -> Any:
-    """A field whose error message is ``allowed``: "must be ..." or "valid choices: ..."."""
-    return Field(default, description=allowed, **constraints)
+def _f(allowed: str, **constraints) -> Any:
+    """A field whose error message is ``allowed``: "must be ..." or "valid choices: ...". No default
+    value: the YAML configs are the one source of defaults, and a key they leave out is not checked."""
+    return Field(None, description=allowed, **constraints)
 
 
 # transformers' SchedulerType values, listed here so validation needs no import of transformers'
@@ -110,36 +111,33 @@ class TrainingSchema(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_train_epochs: Number = _f(20, "must be a number >= 0 (0: evaluate only)", ge=0)
-    batch_size: Integer = _f(16, "must be an integer >= 1 (the global batch)", ge=1)
-    eval_batch_size: Annotated[Integer, Field(ge=1)] | None = _f(None, "must be an integer >= 1, or null (= batch_size)")
-    learning_rate: Number = _f(4e-4, "must be a number > 0", gt=0)
-    weight_decay: Number = _f(0.0, "must be a number >= 0", ge=0)
-    warmup_ratio: Number = _f(0.0, "must be a number in [0, 1) (a fraction of the training steps)", ge=0, lt=1)
-    lr_scheduler: Literal[SCHEDULERS] = _f("linear", _choices(SCHEDULERS))  # type: ignore[valid-type]
-    max_grad_norm: Number = _f(1.0, "must be a number >= 0 (0: no gradient clipping)", ge=0)
-    gradient_accumulation_steps: Integer = _f(1, "must be an integer >= 1", ge=1)
-    seed: Integer = _f(42, "must be an integer in [0, 2**32)", ge=0, lt=2**32)
-    precision: Literal[PRECISIONS] = _f("auto", _choices(PRECISIONS))  # type: ignore[valid-type]
-    torch_compile: Bool = _f(False, "must be true or false")
-    report_to: Text | None = _f(None, "must be a tracker name (set it with the logger group: logger=...)")
-    logging_steps: Integer = _f(50, "must be an integer >= 1 (optimizer steps)", ge=1)
-    dataloader_num_workers: Integer = _f(0, "must be an integer >= 0", ge=0)
-    sampling: Literal[SAMPLING] = _f("random", _choices(SAMPLING))  # type: ignore[valid-type]
-    checkpoint_every: Annotated[Any, BeforeValidator(_checkpoint_every)] = _f(
-        "epoch", "valid choices: a positive number of optimizer steps, epoch, or null (no checkpoints)")
-    keep_checkpoints: Annotated[Integer, Field(ge=1)] | None = _f(2, "must be an integer >= 1, or null (keep all)")
-    resume: Annotated[Any, BeforeValidator(_resume)] = _f(
-        "auto", "valid choices: auto, false, or a checkpoint / run dir to continue from")
-    nonfinite_loss: Literal[NONFINITE] = _f("stop", _choices(NONFINITE))  # type: ignore[valid-type]
-    nonfinite_max_skipped: Number = _f(0.05, "must be a number in [0, 1] (the share of steps nonfinite_loss=skip "
+    num_train_epochs: Number = _f("must be a number >= 0 (0: evaluate only)", ge=0)
+    batch_size: Integer = _f("must be an integer >= 1 (the global batch)", ge=1)
+    eval_batch_size: Annotated[Integer, Field(ge=1)] | None = _f("must be an integer >= 1, or null (= batch_size)")
+    learning_rate: Number = _f("must be a number > 0", gt=0)
+    weight_decay: Number = _f("must be a number >= 0", ge=0)
+    warmup_ratio: Number = _f("must be a number in [0, 1) (a fraction of the training steps)", ge=0, lt=1)
+    lr_scheduler: Literal[SCHEDULERS] = _f(_choices(SCHEDULERS))  # type: ignore[valid-type]
+    max_grad_norm: Number = _f("must be a number >= 0 (0: no gradient clipping)", ge=0)
+    gradient_accumulation_steps: Integer = _f("must be an integer >= 1", ge=1)
+    seed: Integer = _f("must be an integer in [0, 2**32)", ge=0, lt=2**32)
+    precision: Literal[PRECISIONS] = _f(_choices(PRECISIONS))  # type: ignore[valid-type]
+    torch_compile: Bool = _f("must be true or false")
+    report_to: Text | None = _f("must be a tracker name (set it with the logger group: logger=...)")
+    logging_steps: Integer = _f("must be an integer >= 1 (optimizer steps)", ge=1)
+    dataloader_num_workers: Integer = _f("must be an integer >= 0", ge=0)
+    sampling: Literal[SAMPLING] = _f(_choices(SAMPLING))  # type: ignore[valid-type]
+    checkpoint_every: Annotated[Any, BeforeValidator(_checkpoint_every)] = _f("valid choices: a positive number of optimizer steps, epoch, or null (no checkpoints)")
+    keep_checkpoints: Annotated[Integer, Field(ge=1)] | None = _f("must be an integer >= 1, or null (keep all)")
+    resume: Annotated[Any, BeforeValidator(_resume)] = _f("valid choices: auto, false, or a checkpoint / run dir to continue from")
+    nonfinite_loss: Literal[NONFINITE] = _f(_choices(NONFINITE))  # type: ignore[valid-type]
+    nonfinite_max_skipped: Number = _f("must be a number in [0, 1] (the share of steps nonfinite_loss=skip "
                                              "may drop before the run counts as diverged)", ge=0, le=1)
-    gradient_checkpointing: Bool = _f(False, "must be true or false")
-    ddp_find_unused_parameters: Bool = _f(False, "must be true or false")
-    fsdp: Annotated[Bool, BeforeValidator(_bool_or_word)] = _f(False, "valid choices: true, false")
-    disable_dropout: Bool = _f(False, "must be true or false")
-    callbacks: Annotated[Any, BeforeValidator(_callbacks)] = _f(
-        None, "must be a list of {_target_: package.Class, ...} entries (transformers TrainerCallbacks)")
+    gradient_checkpointing: Bool = _f("must be true or false")
+    ddp_find_unused_parameters: Bool = _f("must be true or false")
+    fsdp: Annotated[Bool, BeforeValidator(_bool_or_word)] = _f("valid choices: true, false")
+    disable_dropout: Bool = _f("must be true or false")
+    callbacks: Annotated[Any, BeforeValidator(_callbacks)] = _f("must be a list of {_target_: package.Class, ...} entries (transformers TrainerCallbacks)")
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -174,36 +172,31 @@ class DataSchema(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: Text = _f("data", "must be a name")
-    path: Text | None = _f(None, "must be a hub dataset name or a local path, or null")
-    subset: Text | None = _f(None, "must be a hub dataset config name, or null")
-    data_files: Annotated[Any, BeforeValidator(_data_files)] = _f(
-        None, "must be null or a mapping split -> file, e.g. {train: train.csv, validation: dev.csv}")
-    text_fields: list[Text] = _f([], "must be a list of column names")
-    label_field: Text | None = _f(None, "must be a column name")
-    num_labels: Integer = _f(2, "must be an integer >= 0 (1: regression, 0: no task head)", ge=0)
-    label_names: list[Annotated[str, BeforeValidator(lambda v: v if isinstance(v, str) else str(v))]] | None = _f(
-        None, "must be a list of label values (strings), or null")
-    metric: Text = _f("accuracy", "must be a metric name")
-    metrics: list[Text] = _f([], "must be a list of metric names")
-    lr: Annotated[Number, Field(gt=0)] | None = _f(None, "must be a number > 0")
-    max_length: PositiveInt | None = _f(512, "must be an integer >= 1 (tokens), or null (the tokenizer's limit)")
-    splits: Annotated[Any, BeforeValidator(_splits)] = _f(
-        None, "must be a mapping from train / validation / test to a split name or null")
-    max_train_samples: PositiveInt | None = _f(None, "must be an integer >= 1, or null (all)")
-    max_eval_samples: PositiveInt | None = _f(None, "must be an integer >= 1, or null (all)")
-    sample_seed: Annotated[Integer, Field(ge=0)] | None = _f(None, "must be an integer >= 0, or null (training.seed)")
-    seed: Annotated[Integer, Field(ge=0)] = _f(0, "must be an integer >= 0")
-    validation_from_train: Annotated[Number, Field(gt=0, lt=1)] | None = _f(
-        None, "must be a number in (0, 1) (the fraction of train held out), or null")
-    extra_eval_splits: list[Text] = _f([], "must be a list of split names")
-    synthetic: Bool = _f(False, "must be true or false")
-    synthetic_sizes: dict[str, PositiveInt] | None = _f(None, "must map split roles to integers >= 1")
-    unescape_html: Bool = _f(False, "must be true or false")
-    encoding: Annotated[str, BeforeValidator(_encoding)] = _f(
-        "utf-8", "must be a Python codec name, e.g. utf-8, latin-1, cp1252, utf-16")
-    drop_unknown_labels: Bool = _f(False, "must be true or false")
-    asset: Text | None = _f(None, "must be an asset name, or null")
+    name: Text = _f("must be a name")
+    path: Text | None = _f("must be a hub dataset name or a local path, or null")
+    subset: Text | None = _f("must be a hub dataset config name, or null")
+    data_files: Annotated[Any, BeforeValidator(_data_files)] = _f("must be null or a mapping split -> file, e.g. {train: train.csv, validation: dev.csv}")
+    text_fields: list[Text] = _f("must be a list of column names")
+    label_field: Text | None = _f("must be a column name")
+    num_labels: Integer = _f("must be an integer >= 0 (1: regression, 0: no task head)", ge=0)
+    label_names: list[Annotated[str, BeforeValidator(lambda v: v if isinstance(v, str) else str(v))]] | None = _f("must be a list of label values (strings), or null")
+    metric: Text = _f("must be a metric name")
+    metrics: list[Text] = _f("must be a list of metric names")
+    lr: Annotated[Number, Field(gt=0)] | None = _f("must be a number > 0")
+    max_length: PositiveInt | None = _f("must be an integer >= 1 (tokens), or null (the tokenizer's limit)")
+    splits: Annotated[Any, BeforeValidator(_splits)] = _f("must be a mapping from train / validation / test to a split name or null")
+    max_train_samples: PositiveInt | None = _f("must be an integer >= 1, or null (all)")
+    max_eval_samples: PositiveInt | None = _f("must be an integer >= 1, or null (all)")
+    sample_seed: Annotated[Integer, Field(ge=0)] | None = _f("must be an integer >= 0, or null (training.seed)")
+    seed: Annotated[Integer, Field(ge=0)] = _f("must be an integer >= 0")
+    validation_from_train: Annotated[Number, Field(gt=0, lt=1)] | None = _f("must be a number in (0, 1) (the fraction of train held out), or null")
+    extra_eval_splits: list[Text] = _f("must be a list of split names")
+    synthetic: Bool = _f("must be true or false")
+    synthetic_sizes: dict[str, PositiveInt] | None = _f("must map split roles to integers >= 1")
+    unescape_html: Bool = _f("must be true or false")
+    encoding: Annotated[str, BeforeValidator(_encoding)] = _f("must be a Python codec name, e.g. utf-8, latin-1, cp1252, utf-16")
+    drop_unknown_labels: Bool = _f("must be true or false")
+    asset: Text | None = _f("must be an asset name, or null")
 
 
 # -- model -------------------------------------------------------------------------------------------
@@ -218,16 +211,15 @@ class ModelSchema(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name_or_path: Text = _f("", "must be a hub model id or a local checkpoint path")
-    adaptation_type: Text = _f("lora", "must be a method name")
-    target_modules: Annotated[Any, BeforeValidator(_target_modules)] = _f(
-        None, "must be a list of layer names, 'all-linear', or null (the backbone's default)")
-    family: Text | None = _f(None, "must be an architecture name")
-    tiny: Bool = _f(False, "must be true or false")
-    asset: Text | None = _f(None, "must be an asset name, or null")
-    lr: Annotated[Number, Field(gt=0)] | None = _f(None, "must be a number > 0, or null")
-    dtype: Literal["float32", "float16", "bfloat16"] | None = _f(None, _choices(["float32", "float16", "bfloat16", "null"]))
-    pooling: Literal["cls", "mean"] | None = _f(None, _choices(["cls", "mean", "null"]))
+    name_or_path: Text = _f("must be a hub model id or a local checkpoint path")
+    adaptation_type: Text = _f("must be a method name")
+    target_modules: Annotated[Any, BeforeValidator(_target_modules)] = _f("must be a list of layer names, 'all-linear', or null (the backbone's default)")
+    family: Text | None = _f("must be an architecture name")
+    tiny: Bool = _f("must be true or false")
+    asset: Text | None = _f("must be an asset name, or null")
+    lr: Annotated[Number, Field(gt=0)] | None = _f("must be a number > 0, or null")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = _f(_choices(["float32", "float16", "bfloat16", "null"]))
+    pooling: Literal["cls", "mean"] | None = _f(_choices(["cls", "mean", "null"]))
 
 
 def _factors(v):
@@ -246,25 +238,23 @@ class MethodFields(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    r: PositiveInt = _f(8, "must be an integer >= 1")
-    num_terms: PositiveInt = _f(16, "must be an integer >= 1")
-    alpha: Number = _f(8.0, "must be a number > 0", gt=0)
-    dropout: Number = _f(0.0, "must be a number in [0, 1)", ge=0, lt=1)
-    lr_ratio: Number = _f(16.0, "must be a number > 0", gt=0)
-    eval_rank: PositiveInt | None = _f(None, "must be an integer in 1..r, or null (= r)")
-    in_factors: Annotated[Any, BeforeValidator(_factors)] = _f(
-        None, "must be null or two positive integers whose product is the input dim, e.g. [32, 24]")
-    out_factors: Annotated[Any, BeforeValidator(_factors)] = _f(
-        None, "must be null or two positive integers whose product is the output dim, e.g. [32, 24]")
-    blocksize: PositiveInt = _f(64, "must be an integer >= 1")
-    use_rslora: Bool = _f(False, "must be true or false")
-    eval_all_ranks: Bool = _f(False, "must be true or false")
-    double_quant: Bool = _f(True, "must be true or false")
-    paged_optimizer: Bool = _f(False, "must be true or false")
-    form: Text = _f("sum", "must be a form name")
-    path: Text = _f("auto", "must be a path name")
-    quant_type: Text = _f("nf4", "must be a quantization type")
-    compute_dtype: Text = _f("auto", "must be a dtype name")
+    r: PositiveInt = _f("must be an integer >= 1")
+    num_terms: PositiveInt = _f("must be an integer >= 1")
+    alpha: Number = _f("must be a number > 0", gt=0)
+    dropout: Number = _f("must be a number in [0, 1)", ge=0, lt=1)
+    lr_ratio: Number = _f("must be a number > 0", gt=0)
+    eval_rank: PositiveInt | None = _f("must be an integer in 1..r, or null (= r)")
+    in_factors: Annotated[Any, BeforeValidator(_factors)] = _f("must be null or two positive integers whose product is the input dim, e.g. [32, 24]")
+    out_factors: Annotated[Any, BeforeValidator(_factors)] = _f("must be null or two positive integers whose product is the output dim, e.g. [32, 24]")
+    blocksize: PositiveInt = _f("must be an integer >= 1")
+    use_rslora: Bool = _f("must be true or false")
+    eval_all_ranks: Bool = _f("must be true or false")
+    double_quant: Bool = _f("must be true or false")
+    paged_optimizer: Bool = _f("must be true or false")
+    form: Text = _f("must be a form name")
+    path: Text = _f("must be a path name")
+    quant_type: Text = _f("must be a quantization type")
+    compute_dtype: Text = _f("must be a dtype name")
 
 
 METHOD_FIELDS = MethodFields
@@ -274,18 +264,17 @@ METHOD_FIELDS = MethodFields
 class BudgetSchema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    params: PositiveInt | None = _f(None, "must be an integer >= 1 (adapter parameters), or null")
-    lsr_free: list[Literal["r", "num_terms", "factors"]] = _f(
-        ["num_terms"], "must be a non-empty list of: r, num_terms, factors", min_length=1)
+    params: PositiveInt | None = _f("must be an integer >= 1 (adapter parameters), or null")
+    lsr_free: list[Literal["r", "num_terms", "factors"]] = _f("must be a non-empty list of: r, num_terms, factors", min_length=1)
 
 
 class RootSchema(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    output_dir: Text | None = _f(None, "must be a directory path, or null (the Hydra run dir)")
-    init_from: Text | None = _f(None, "must be a run or adapter directory, or null")
-    init_from_checksum: Bool = _f(True, "must be true or false (false: load an init_from adapter edited on purpose)")
-    freeze_adapter: Bool = _f(False, "must be true or false")
+    output_dir: Text | None = _f("must be a directory path, or null (the Hydra run dir)")
+    init_from: Text | None = _f("must be a run or adapter directory, or null")
+    init_from_checksum: Bool = _f("must be true or false (false: load an init_from adapter edited on purpose)")
+    freeze_adapter: Bool = _f("must be true or false")
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {"training": TrainingSchema, "data": DataSchema, "model": ModelSchema,
