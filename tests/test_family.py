@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ROOT, SMALL_RUN, run_train, tiny_batch, tiny_classifier
-from tolerances import assert_fp32_close, forward_terms
+from tolerances import assert_fp32_close, forward_terms, fp32_atol
 from torch import nn
 
 from lsr_adapt.adapters import (
@@ -697,12 +697,17 @@ def test_qlora_cpu_quantized_weights_move_to_cuda_unchanged():
     lin = nn.Linear(768, 3072)
     on_cpu = quantize_linear(lin, QLoRAConfig()).cuda()
     on_cuda = quantize_linear(copy.deepcopy(lin).cuda(), QLoRAConfig())
-    assert torch.equal(on_cpu.weight.data, on_cuda.weight.data)
-    # the same codes; each side's absmax·code (double-quantised absmax: code₂·scale₂ + offset) on its
-    # own device: three float32 operations
-    assert_fp32_close(dequantize(on_cpu.weight), dequantize(on_cuda.weight), terms=3)
+    assert torch.equal(on_cpu.weight.data, on_cuda.weight.data)  # the same 4-bit codes, exactly
+    # Dequantised, the two need not be bit-equal: on an H100 (bitsandbytes 0.50.2, torch 2.11+cu130)
+    # 0.2% of the values differed by up to 1.5e-3 of themselves, where the kernels restore the
+    # double-quantised absmax differently. That is below bf16's step 2⁻⁸ (3.9e-3), the precision QLoRA
+    # computes in, so the bound is 2⁻⁸ of each value; a wrong code or block scale moves values by far more.
+    w_cpu, w_cuda = dequantize(on_cpu.weight).float(), dequantize(on_cuda.weight).float()
+    torch.testing.assert_close(w_cpu, w_cuda, rtol=2**-8, atol=0)
     x = torch.randn(4, 768, device="cuda")
-    assert_fp32_close(on_cpu(x), on_cuda(x), terms=768 + 3)  # the same kernel over 768 inputs
+    # each output is Σᵢ xᵢ·wᵢ over 768 inputs: its change is at most Σᵢ |xᵢ|·|Δwᵢ|, plus float32 reordering
+    bound = (x.abs() @ (w_cpu - w_cuda).abs().T).max().item()
+    torch.testing.assert_close(on_cpu(x), on_cuda(x), rtol=0, atol=bound + fp32_atol(on_cuda(x), 768 + 3))
 
 
 @needs_bnb

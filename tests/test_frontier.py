@@ -5,6 +5,7 @@ with ``-m slow``, a two-point frontier end to end on the real data."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -97,3 +98,21 @@ def test_two_point_frontier_end_to_end_on_real_data(tmp_path):
     assert (sweep / "frontier_drug_reviews.png").is_file() and (sweep / "frontier_trainable_drug_reviews.png").is_file()
     rows = (sweep / "report.csv").read_text()
     assert "matched_budget" in rows
+
+
+@pytest.mark.parametrize("area", ["frontier", "stability/search", "stability/test", "drug_reviews_3class", "head_pooling"])
+def test_the_published_reports_are_what_their_committed_runs_give(area, tmp_path):
+    """docs/<area>/report.csv (the numbers docs/results.md and the README quote) is regenerated from
+    the committed runs' results.json: a hand-edited number, or a run added or lost, fails here."""
+    from lsr_adapt.report import main as report
+
+    docs = ROOT / "docs" / area
+    runs = docs / "runs" if (docs / "runs").is_dir() else docs
+    report([str(runs), "--out", str(tmp_path), "--no-plots"])
+
+    def rows(path):  # every column but run_dirs, which is relative to where the report was written
+        return [{k: v for k, v in row.items() if k != "run_dirs"} for row in csv.DictReader(path.open())]
+
+    assert rows(tmp_path / "report.csv") == rows(docs / "report.csv")
+    assert len(list(runs.glob("*/s*/results.json"))) == {"frontier": 70, "stability/search": 55}.get(area, 5 * (
+        3 if area == "stability/test" else 2))

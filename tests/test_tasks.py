@@ -381,6 +381,40 @@ def test_text_files_blocks(tmp_path):
         prepare_splits(short, tok)
 
 
+def test_review_texts_as_documents_with_validation_held_out_of_train(tmp_path):
+    """data=drug_reviews_lm's path on a local copy: a TSV review column, HTML entities decoded, 20% of
+    train held out (by data.seed) as validation, the test file kept for held-out perplexity."""
+    from lsr_adapt.modeling import load_tokenizer
+    from lsr_adapt.smoke import tiny_checkpoint
+    from lsr_adapt.tasks.causal_lm import prepare_splits
+
+    docs = _text_corpus(tmp_path, 60, seed=0)
+    header = "drugName\treview\trating\n"
+    (tmp_path / "train.tsv").write_text(header + "".join(f"d\t{d} &#039;s\tpositive\n" for d in docs[:50]))
+    (tmp_path / "test.tsv").write_text(header + "".join(f"d\t{d}\tnegative\n" for d in docs[50:]))
+    tok = load_tokenizer(str(tiny_checkpoint("llama")))
+    d = OmegaConf.merge(compose("data=drug_reviews_lm", "data.max_length=8").data, {"asset": None, "path": str(tmp_path)})
+    splits = prepare_splits(d, tok)
+    assert set(splits) == {"train", "validation", "test"}
+    words = lambda s: sum(len(b) for b in splits[s]["input_ids"])  # noqa: E731
+    assert words("validation") < words("train") / 2  # 10 of the 50 train documents, cut into full blocks
+    no_holdout = OmegaConf.merge(d, {"validation_from_train": None, "splits": {"validation": "test"}})
+    assert words("train") + words("validation") <= sum(len(b) for b in prepare_splits(no_holdout, tok)["train"]["input_ids"])
+    test_stream = [t for doc in docs[50:] for t in [tok.bos_token_id, *tok.convert_tokens_to_ids(doc.split()), tok.eos_token_id]]
+    assert [t for b in splits["test"]["input_ids"] for t in b] == test_stream[:len(test_stream) // 8 * 8]
+
+
+def test_html_entities_are_decoded_in_every_text_field_when_asked():
+    from datasets import Dataset
+
+    from lsr_adapt.data import unescape_html
+
+    ds = Dataset.from_dict({"review": ["it&#039;s &quot;fine&quot;"], "title": ["A &amp; B"], "rating": ["x&amp;"]})
+    cfg = OmegaConf.create({"text_fields": ["review", "title"], "unescape_html": True})
+    assert unescape_html(ds, cfg)[0] == {"review": 'it\'s "fine"', "title": "A & B", "rating": "x&amp;"}
+    assert unescape_html(ds, OmegaConf.merge(cfg, {"unescape_html": False}))[0] == ds[0]
+
+
 def test_llama_lora_on_local_text_files(tmp_path):
     docs = _text_corpus(tmp_path, 200, seed=0)
     (tmp_path / "train.txt").write_text("\n".join(docs[:170]))

@@ -310,16 +310,12 @@ def describe_split(raw, name: str) -> str:
     return f"dataset split {name!r}" + (f" ({source})" if source else "")
 
 
-def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
-    """Tokenised train / validation / (labelled) test datasets ready for a dynamic-padding collator.
-
-    Checked before anything trains: no split is empty, every row has its text and a valid label
-    (``_encode_labels``); each problem is one line naming the split and the file it came from."""
-    check_metric_names(list(data_cfg.metrics) + [data_cfg.metric])
-    raw, splits = load_raw(data_cfg)
+def validation_from_train(raw, splits: dict, data_cfg):
+    """With ``data.validation_from_train``: carve that share of train into the validation split,
+    fixed by data.seed whatever the training seed (both tasks, classification and language modelling)."""
     sources = dict(getattr(raw, "source_files", None) or {})
     fraction = _get(data_cfg, "validation_from_train")
-    if fraction:  # carve a validation split from train, fixed by data.seed whatever the training seed
+    if fraction:
         from datasets import DatasetDict
 
         train = raw[splits["train"]]
@@ -332,6 +328,23 @@ def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
         if splits["train"] in sources:
             sources["_validation_from_train"] = f"held out from {sources[splits['train']]}"
     raw.source_files = sources
+    return raw, splits
+
+
+def unescape_html(ds, data_cfg):
+    """With ``data.unescape_html``: HTML entities in the text fields (``&#039;`` → ``'``) decoded."""
+    if not _get(data_cfg, "unescape_html"):
+        return ds
+    return ds.map(lambda b: {f: [html.unescape(t) for t in b[f]] for f in data_cfg.text_fields}, batched=True)
+
+
+def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
+    """Tokenised train / validation / (labelled) test datasets ready for a dynamic-padding collator.
+
+    Checked before anything trains: no split is empty, every row has its text and a valid label
+    (``_encode_labels``); each problem is one line naming the split and the file it came from."""
+    check_metric_names(list(data_cfg.metrics) + [data_cfg.metric])
+    raw, splits = validation_from_train(*load_raw(data_cfg), data_cfg)
     out = {}
     for role, name, ds in split_roles(raw, splits, need_train):
         where = describe_split(raw, name)
@@ -342,9 +355,7 @@ def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
             log.info("test split %r has no labels; skipping test metrics", name)
             continue
         _check_text(ds, data_cfg, where)
-        ds = _encode_labels(ds, data_cfg, where)
-        if _get(data_cfg, "unescape_html"):
-            ds = ds.map(lambda b: {f: [html.unescape(t) for t in b[f]] for f in data_cfg.text_fields}, batched=True)
+        ds = unescape_html(_encode_labels(ds, data_cfg, where), data_cfg)
         out[role] = tokenize(limit_samples(ds, data_cfg, role, seed), data_cfg, tokenizer)
     return out
 

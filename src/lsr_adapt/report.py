@@ -45,8 +45,8 @@ from .sweep_status import FAILED, read_failure
 RESULTS = "results.json"
 # keys of results.json that make a configuration (everything but the seed and the measurements)
 CONFIG_FIELDS = ("task", "task_type", "metric_name", "model_name", "adaptation_type", "method_config", "pooling",
-                 "init_from", "freeze_adapter", "learning_rate", "batch_size", "num_train_epochs", "precision",
-                 "device")
+                 "init_from", "freeze_adapter", "learning_rate", "warmup_ratio", "batch_size", "num_train_epochs",
+                 "precision", "device")
 # method hyperparameters always named in labels when set; others only where they vary
 LABEL_ALWAYS = ("r", "num_terms", "alpha", "in_factors", "out_factors")
 LABEL_NEVER = ("path",)  # LSR's compute path: the same update computed another way
@@ -207,7 +207,7 @@ def _set_labels(configs: list[Config]) -> None:
 def _display(c: Config, configs: list[Config]) -> str:
     """Method + label, and the training setting where it differs from the other configs shown."""
     text = f"{c.first.get('adaptation_type')} {c.label}".strip()
-    for k, short in (("learning_rate", "lr"), ("num_train_epochs", "ep"), ("batch_size", "bs"),
+    for k, short in (("learning_rate", "lr"), ("warmup_ratio", "warmup"), ("num_train_epochs", "ep"), ("batch_size", "bs"),
                      ("model_name", "model"), ("pooling", "pool"), ("init_from", "from"), ("freeze_adapter", "frozen"),
                      ("device", "on")):
         if len({json.dumps(x.first.get(k)) for x in configs}) > 1:

@@ -129,7 +129,7 @@ def synthetic_text_files(sizes: dict[str, int], seed: int = 0) -> dict[str, str]
 
 
 def _raw(data_cfg):
-    from ..data import _load_files, load_raw
+    from ..data import _load_files, load_raw, validation_from_train
 
     splits = dict(data_cfg.get("splits") or {"train": "train", "validation": "validation", "test": "test"})
     if data_cfg.get("synthetic"):
@@ -137,10 +137,10 @@ def _raw(data_cfg):
         files = synthetic_text_files({splits[k]: v for k, v in sizes.items() if splits.get(k)},
                                      seed=int(data_cfg.get("seed") or 0))
         return _load_files(files), splits
-    if not data_cfg.get("data_files") and not data_cfg.get("path"):
+    if not data_cfg.get("data_files") and not data_cfg.get("path") and not data_cfg.get("asset"):
         raise LsrAdaptError(f"data={data_cfg.get('name')} needs data.data_files={{train: FILE, validation: FILE}} "
                             f"(.txt or .jsonl) or data.path=DIR holding train/validation files")
-    return load_raw(data_cfg)
+    return validation_from_train(*load_raw(data_cfg), data_cfg)
 
 
 def block_size_of(data_cfg, tokenizer) -> int:
@@ -193,7 +193,7 @@ def group_blocks(ds, block_size: int):
 
 def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True) -> dict:
     """Token blocks for train / validation / (test), each with ``labels`` = ``input_ids``."""
-    from ..data import limit_samples, split_roles
+    from ..data import limit_samples, split_roles, unescape_html
     from ..metrics import check_metric_names
 
     check_metric_names(list(data_cfg.metrics) + [data_cfg.metric])
@@ -205,7 +205,7 @@ def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True) 
         if missing:
             raise LsrAdaptError(f"dataset split {name!r} lacks column(s) {missing}; it has {ds.column_names} "
                                 f"(set data.text_fields)")
-        blocks = group_blocks(tokenize_documents(ds, data_cfg, tokenizer), block_size)
+        blocks = group_blocks(tokenize_documents(unescape_html(ds, data_cfg), data_cfg, tokenizer), block_size)
         if len(blocks) == 0:
             raise LsrAdaptError(f"dataset split {name!r} holds fewer than {block_size} tokens, not one block of "
                                 f"data.max_length; lower data.max_length or give it more text")

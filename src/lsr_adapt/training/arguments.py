@@ -53,8 +53,7 @@ def training_arguments(cfg, out_dir: Path, model, precision: dict, report_to, ex
         # every adapter uses all its trainable weights in every step (DyLoRA masks rows instead of
         # slicing them), so DDP need not search the graph for unused ones
         ddp_find_unused_parameters=bool(tcfg.get("ddp_find_unused_parameters", False)),
-        activation_checkpointing=bool(tcfg.get("gradient_checkpointing", False)),
-        activation_checkpointing_kwargs={"use_reentrant": False},  # reentrant drops grads of a frozen base's inputs
+        **compat.checkpointing_args(bool(tcfg.get("gradient_checkpointing", False))),
         **extra,
     )
 

@@ -37,6 +37,22 @@ def warmup_arg(ratio: float) -> dict:
     return {"warmup_steps": float(ratio)}
 
 
+def checkpointing_args(enabled: bool) -> dict:
+    """Non-reentrant activation checkpointing (reentrant drops the gradients of a frozen base's
+    inputs). transformers 5.2x names it ``activation_checkpointing``; up to 5.17 at least it was
+    ``gradient_checkpointing`` (seen on a GPU machine with 5.17.0)."""
+    name = "activation_checkpointing" if "activation_checkpointing" in _training_argument_names() else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
+
+
+def _training_argument_names() -> set[str]:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
 def sampling_arg(how: str) -> dict:
     """transformers 5 names length-grouped batching ``train_sampling_strategy``."""
     return {"train_sampling_strategy": how}

@@ -66,6 +66,7 @@ def results_record(cfg: DictConfig, built, task_name: str, outcome: dict, precis
         "init_from": built.init_info,
         "freeze_adapter": bool(cfg.get("freeze_adapter", False)),
         "learning_rate": float(tcfg.learning_rate),
+        "warmup_ratio": float(tcfg.warmup_ratio),
         "batch_size": int(tcfg.batch_size),
         "num_train_epochs": float(tcfg.num_train_epochs),
         "seed": int(tcfg.seed),
