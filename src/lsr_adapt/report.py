@@ -207,8 +207,8 @@ def _set_labels(configs: list[Config]) -> None:
 def _display(c: Config, configs: list[Config]) -> str:
     """Method + label, and the training setting where it differs from the other configs shown."""
     text = f"{c.first.get('adaptation_type')} {c.label}".strip()
-    for k, short in (("learning_rate", "lr"), ("warmup_ratio", "warmup"), ("num_train_epochs", "ep"), ("batch_size", "bs"),
-                     ("model_name", "model"), ("pooling", "pool"), ("init_from", "from"), ("freeze_adapter", "frozen"),
+    for k, short in (("learning_rate", "lr"), ("warmup_ratio", "warmup"), ("num_train_epochs", "ep"),
+                     ("batch_size", "bs"), ("model_name", "model"), ("pooling", "pool"), ("init_from", "from"), ("freeze_adapter", "frozen"),
                      ("device", "on")):
         if len({json.dumps(x.first.get(k)) for x in configs}) > 1:
             text += f" {short}={_fmt_value(c.first.get(k))}"
