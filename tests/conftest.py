@@ -86,3 +86,17 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words, run_dir: Pa
         for name in ("results.json", "adapter_model.safetensors", "adapter_config.json"):
             assert not (Path(run_dir) / name).exists(), name
     return lines[-1]
+
+
+@pytest.fixture(scope="session")
+def minilm_shapes():
+    """MiniLM-L6's query and value layers (all-MiniLM-L6-v2's config: 6 layers, hidden 384), built on the meta device."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536, num_labels=2)
+    from lsr_adapt.budget import target_shapes
+
+    with torch.device("meta"):
+        model = BertForSequenceClassification(config)
+    return target_shapes(model, ["query", "value"])

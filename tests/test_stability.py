@@ -1,13 +1,13 @@
 """experiment=lsr_stability / lsr_stability_test (issue 16, part 2): the search reads validation only,
 every LSR candidate is within 30% of LoRA r=8's adapter parameters, and the report runs on the test
-split with seeds that played no part in the choice. Checked by composing every job (no training)."""
+split with seeds that played no part in the choice; experiment=smollm2_drug_reviews (part 4) compares
+LoRA with LSR at its budget and under 30% of it. Checked by composing every job (no training)."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import compose
 from test_configs import sweeper_params
-from test_frontier import minilm_shapes  # noqa: F401  (the fixture: MiniLM-L6's query and value)
 
 from lsr_adapt.budget import lora_size, real_size
 
@@ -33,13 +33,13 @@ def test_search_jobs_never_load_the_test_split(model):
 
 
 @pytest.mark.parametrize("model", SEARCH_MODELS[1:])
-def test_every_lsr_candidate_is_within_30_percent_of_lora_r8(model, minilm_shapes):  # noqa: F811
+def test_every_lsr_candidate_is_within_30_percent_of_lora_r8(model, minilm_shapes):
     cfg = compose("experiment=lsr_stability", f"model={model}")
     assert cfg.model.adaptation_type in ("lsr", "lsr_plus")
     assert _adapter_params(cfg, minilm_shapes) <= 0.30 * lora_size(minilm_shapes, 8) == 0.30 * 73_728
 
 
-def test_the_report_uses_fresh_seeds_on_the_test_split(minilm_shapes):  # noqa: F811
+def test_the_report_uses_fresh_seeds_on_the_test_split(minilm_shapes):
     params = sweeper_params("experiment=lsr_stability_test")
     assert params["model"].split(",") == ["minilm_lora", "stability/lsr_r4_t5", "stability/lsr_r2_t11"]
     fresh = {int(s) for s in params["training.seed"].split(",")}
@@ -48,7 +48,7 @@ def test_the_report_uses_fresh_seeds_on_the_test_split(minilm_shapes):  # noqa: 
     assert cfg.data.splits.test == "test" and _adapter_params(cfg, minilm_shapes) == 19_200
 
 
-def test_the_demo_runs_the_chosen_lsr(minilm_shapes):  # noqa: F811
+def test_the_demo_runs_the_chosen_lsr(minilm_shapes):
     chosen = compose("experiment=lsr_stability_test", "model=stability/lsr_r4_t5").model.lsr
     demo = compose("experiment=demo_full", "model=minilm_lsr").model.lsr
     assert (demo.r, demo.num_terms, demo.alpha) == (chosen.r, chosen.num_terms, chosen.alpha) == (4, 5, 64)
