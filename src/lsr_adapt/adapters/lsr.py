@@ -99,6 +99,104 @@ def _kron_rows(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
     return (f1[:, :, None, :, None] * f2[:, None, :, None, :]).reshape(t * r * r, m1 * m2)
 
 
+def _kron_expand(a1: torch.Tensor, a2: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = rows of A₁ᵢ⊗A₂ᵢ (R × in) and Bᵀ = rows of B₁ᵢᵀ⊗B₂ᵢᵀ (R × out) in ``dtype``, one kernel each.
+
+    ``_kron_rows`` of the same factors, but each broadcast product is written straight into a
+    contiguous (t, r, r, m₁, m₂) buffer of the compute dtype, so no separate cast runs, and B's
+    factors, stored (t, k, r), are read through strides instead of being transposed and copied.
+    Under torch.compile the plain expression is traced instead (inductor fuses it anyway).
+    """
+    t, r, d1 = a1.shape
+    d2, k1, k2 = a2.shape[-1], b1.shape[1], b2.shape[1]
+    # a1[:, :, None, :, None] etc. as single view ops (a dispatched op per call is a launch-bound cost)
+    a1v, a2v = a1.view(t, r, 1, d1, 1), a2.view(t, 1, r, 1, d2)
+    b1v, b2v = b1.view(t, k1, r, 1, 1), b2.view(t, 1, 1, k2, r)  # B₁[i,c,p], B₂[i,d,q] as (t, c, p, d, q)
+    if torch.compiler.is_compiling():
+        a = (a1v * a2v).to(dtype)
+        b_t = (b1v * b2v).permute(0, 2, 4, 1, 3).to(dtype)
+        return a.reshape(t * r * r, d1 * d2), b_t.reshape(t * r * r, k1 * k2)
+    a = torch.empty((t, r, r, d1, d2), dtype=dtype, device=a1.device)
+    torch.mul(a1v, a2v, out=a)
+    b_t = torch.empty((t, r, r, k1, k2), dtype=dtype, device=b1.device)
+    torch.mul(b1v, b2v, out=b_t.permute(0, 3, 1, 4, 2))  # the (t, p, q, c, d) buffer seen as (t, c, p, d, q)
+    return a.view(t * r * r, d1 * d2), b_t.view(t * r * r, k1 * k2)
+
+
+def _mm_scaled(like: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha · m1 @ m2 in one GEMM, no scale kernel: ``addmm`` with beta = 0 ignores its input
+    (documented: its values, NaN and inf included, are not read), so any tensor of the result's shape
+    (``like``) stands in for it."""
+    return torch.addmm(like, m1, m2, beta=0, alpha=alpha)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would run this layer's GEMMs in (x's own dtype outside autocast)."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
+class _FactoredSumLSR(torch.autograd.Function):
+    """y = x·W₀ᵀ + b + s·(x·Aᵀ)·Bᵀᵀ with A = rows of A₁ᵢ⊗A₂ᵢ, Bᵀ = rows of B₁ᵢᵀ⊗B₂ᵢᵀ (sum form).
+
+    One node for the frozen base layer and the update, so that a training step runs as few kernels
+    as possible (at RoBERTa-base sizes a GPU step is launch-bound; docs/benchmarks.md): x is cast to
+    the compute dtype once for all three GEMMs; A and Bᵀ are expanded straight into row-major
+    buffers of that dtype; the scale s rides in the GEMMs' alpha; the factor gradients are reduced
+    in fp32 (the factors' dtype) directly into the parameters' layout, so autograd copies nothing.
+    Nothing is kept between steps: the expansions are formed per call, as on the autograd path.
+    The base weight and bias must be frozen (the caller checks; otherwise the autograd path runs).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, bias, a1, a2, b1, b2, scale, dtype):
+        in_f, out_f = w.shape[1], w.shape[0]
+        lead = x.shape[:-1]
+        xc = x.reshape(-1, in_f).to(dtype)  # the one cast of x
+        wc = w.to(dtype)
+        a, b_t = _kron_expand(a1, a2, b1, b2, dtype)  # (R, in), (R, out)
+        h = torch.mm(xc, a.T)  # (N, R)
+        y = torch.addmm(bias.to(dtype), xc, wc.T) if bias is not None else torch.mm(xc, wc.T)
+        y.addmm_(h, b_t, alpha=scale)
+        ctx.save_for_backward(xc, wc, a, b_t, h, a1, a2, b1, b2)
+        ctx.scale, ctx.x_shape, ctx.x_dtype = scale, x.shape, x.dtype
+        return y.view(*lead, out_f)
+
+    @staticmethod
+    def backward(ctx, g):
+        xc, wc, a, b_t, h, a1, a2, b1, b2 = ctx.saved_tensors
+        s = ctx.scale
+        need_x, _, _, need_a1, need_a2, need_b1, need_b2 = ctx.needs_input_grad[:7]
+        t, r, d1 = a1.shape
+        d2, k1, k2 = a2.shape[-1], b1.shape[1], b2.shape[1]
+        g2 = g.reshape(-1, g.shape[-1]).to(xc.dtype)
+        grad_x = grad_a1 = grad_a2 = grad_b1 = grad_b2 = None
+        if need_x or need_a1 or need_a2:
+            gh = torch.mm(g2, b_t.T)  # (N, R): the gradient of h, unscaled
+            if need_x:  # g·W₀ + s·gh·A in two GEMMs, then back to x's dtype
+                grad_x = torch.addmm(torch.mm(g2, wc), gh, a, alpha=s).view(ctx.x_shape).to(ctx.x_dtype)
+            if need_a1 or need_a2:
+                ga = _mm_scaled(a, gh.T, xc, s).view(t, r, r, d1, d2)  # ∂/∂A, rows (term, p, q), cols (a, b)
+                # A[i,p,q,a,b] = A₁[i,p,a]·A₂[i,q,b]: each factor's gradient is the other one contracted
+                # out; the reductions yield (t, r, d) = the parameters' layout, in their dtype
+                if need_a1:
+                    grad_a1 = (ga * a2.view(t, 1, r, 1, d2)).sum((2, 4))
+                if need_a2:
+                    grad_a2 = (ga * a1.view(t, r, 1, d1, 1)).sum((1, 3))
+        if need_b1 or need_b2:
+            gb = _mm_scaled(b_t, h.T, g2, s).view(t, r, r, k1, k2)  # ∂/∂Bᵀ, rows (term, p, q), cols (c, d)
+            # Bᵀ[i,p,q,c,d] = B₁[i,c,p]·B₂[i,d,q]: gb permuted so that the kept dims come first in
+            # the parameters' order (t, k, r) and the reduced ones last in the other factor's order
+            if need_b1:
+                grad_b1 = (gb.permute(0, 3, 1, 4, 2) * b2.view(t, 1, 1, k2, r)).sum((3, 4))
+            if need_b2:
+                grad_b2 = (gb.permute(0, 4, 2, 3, 1) * b1.view(t, 1, 1, k1, r)).sum((3, 4))
+        return grad_x, None, None, grad_a1, grad_a2, grad_b1, grad_b2, None, None
+
+
 class LSRLinear(AdapterLayer):
     """h = W₀x + ΔW·x with ΔW a sum of t Kronecker products of rank-r factors (see module doc).
 
@@ -186,7 +284,17 @@ class LSRLinear(AdapterLayer):
         a, b_t = self.expanded_factors()
         return (b_t.T @ a) * self.scaling
 
+    def _fused(self) -> bool:
+        """The single-node path applies: factored sum form, no active dropout, frozen base layer."""
+        base = self.base_layer
+        return (self.path == "factored" and self.form == "sum"
+                and (isinstance(self.dropout, nn.Identity) or not self.training)
+                and not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad))
+
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused():
+            return _FactoredSumLSR.apply(x, self.base_weight(), self.base_layer.bias, self.lsr_A1, self.lsr_A2,
+                                         self.lsr_B1, self.lsr_B2, self.scaling, _compute_dtype(x))
         if self.path == "factored":
             a, b_t = self.expanded_factors()
             return add_low_rank(self.base_layer(x), self.dropout(x), a, b_t, self.scaling)
