@@ -20,6 +20,14 @@ class KillAtStep(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillAtStepEnv(TrainerCallback):
+    """SIGKILL this process after the optimizer step named by ``$LSR_TEST_KILL_AT_STEP`` (unset: no-op)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if str(state.global_step) == os.environ.get("LSR_TEST_KILL_AT_STEP"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class CrashAtStep(TrainerCallback):
     """Raise (an in-process stand-in for a crash) after optimizer step ``step``."""
 
@@ -58,3 +66,38 @@ class RequireGradientCheckpointing(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not getattr(model, "is_gradient_checkpointing", False):
             raise AssertionError("activation checkpointing is not enabled in the model")
+
+
+class KillAfterCheckpoint(TrainerCallback):
+    """Kill this process right after the first checkpoint it writes, with the signal named by
+    ``$LSR_TEST_KILL_AFTER_SAVE`` (``KILL``, or ``TERM`` as a cluster pre-empts); unset: no-op, so the
+    killed launches and the final one are the same command."""
+
+    def on_save(self, args, state, control, **kwargs):
+        sig = os.environ.get("LSR_TEST_KILL_AFTER_SAVE")
+        if sig:
+            os.kill(os.getpid(), getattr(signal, f"SIG{sig}"))
+
+
+class FillDisk(TrainerCallback):
+    """Fill the file system of the run dir (a small tmpfs in the tests) at the moment named by
+    ``$LSR_TEST_FILL_DISK``: an optimizer step (just before that step's checkpoint is written) or
+    ``end`` (after training, before the run's outputs are saved). Unset: no-op."""
+
+    def _fill(self, args) -> None:
+        fd = os.open(os.path.join(args.output_dir, "filler.bin"), os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65536)
+        except OSError:  # ENOSPC: the disk is full
+            pass
+        finally:
+            os.close(fd)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if os.environ.get("LSR_TEST_FILL_DISK") == str(state.global_step):
+            self._fill(args)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if os.environ.get("LSR_TEST_FILL_DISK") == "end":
+            self._fill(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -34,16 +35,27 @@ _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", 
 
 def check_output_dirs(argv: list[str]) -> None:
     """A ``hydra.run.dir=`` / ``hydra.sweep.dir=`` that cannot be created is one ``error:`` line and
-    exit status 2 here, before Hydra (which would print its own traceback when it makes the dir)."""
+    exit status 2 here, before Hydra (which would print its own traceback when it makes the dir).
+    Nothing is created: a command refused later leaves no empty dir behind."""
     for arg in argv:
         key, sep, value = arg.lstrip("+").partition("=")
         if not sep or key not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in value:
             continue
-        path = Path(value.strip("'\""))
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            fail(LsrAdaptError(f"{key}={value}: cannot create it ({e.strerror or e}); choose a writable directory"))
+        problem = _why_not_creatable(Path(value.strip("'\"")))
+        if problem:
+            fail(LsrAdaptError(f"{key}={value}: cannot create it ({problem}); choose a writable directory"))
+
+
+def _why_not_creatable(path: Path) -> str | None:
+    """Why ``path`` cannot be made (or, existing, written) as a directory, without making anything."""
+    p = path
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is not a directory"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{p} is not writable"
+    return None
 
 
 def flags_first(argv: list[str]) -> list[str]:

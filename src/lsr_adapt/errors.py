@@ -9,6 +9,11 @@ class LsrAdaptError(Exception):
     """
 
 
+class RunDirRefused(LsrAdaptError):
+    """The run dir belongs to another run (finished, in use, or holding checkpoints of another config):
+    the command stops and writes nothing there, not even its failure record."""
+
+
 def choices_error(what: str, value, choices) -> LsrAdaptError:
     return LsrAdaptError(f"unknown {what} {value!r}; valid choices: {', '.join(map(str, sorted(choices)))}")
 

@@ -1,5 +1,6 @@
-"""Hydra callbacks: a sweep that writes its own comparison report when its last job ends, and one that
-goes on past failed jobs and exits non-zero at the end, naming them (``SweepStatus``)."""
+"""Hydra callbacks: a sweep that writes its own comparison report when its last job ends, one that
+goes on past failed jobs and exits non-zero at the end, naming them (``SweepStatus``), and one that
+refuses a command before Hydra writes anything (``RefuseBeforeWriting``)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,68 @@ class SweepStatus(Callback):
             total = jobs_started(sweep_dir, self._started - 1)
             print(summary_line(failed, total, sweep_dir), file=sys.stderr, flush=True)
         raise SystemExit(1)  # after the other callbacks (reverse order) and the launcher's output
+
+
+class RefuseBeforeWriting(Callback):
+    """A command that will be refused stops before Hydra makes its run dir or writes ``.hydra/``.
+
+    Hydra creates the run dir, its ``.hydra/`` record and the log before the task function starts,
+    so a single run refused there (a bad value, a finished or busy run dir, an interrupted run's dir
+    given another config, a dir it cannot write) used to leave files behind, or rewrite an
+    interrupted run's record. ``on_run_start`` answers all of these first, with the one ``error:``
+    line. A sweep into a ``hydra.sweep.dir`` that holds another sweep's ``multirun.yaml`` is refused
+    the same way (rerunning the same sweep continues it: its finished jobs are kept, the rest run).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        import copy
+
+        from omegaconf import open_dict, read_write
+
+        from .cli import exit_on_user_error
+
+        task = copy.deepcopy(config)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        exit_on_user_error(_check_run, task, Path(str(task.get("output_dir") or config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        from .cli import fail
+        from .errors import RunDirRefused
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        record = sweep_dir / "multirun.yaml"
+        if not record.exists():
+            return
+        try:
+            before = list(OmegaConf.load(record).hydra.overrides.task)
+        except Exception:  # unreadable: not a sweep this command can continue
+            before = None
+        now = list(config.hydra.overrides.task)
+        if before != now:
+            fail(RunDirRefused(
+                f"hydra.sweep.dir={sweep_dir} holds another sweep (its multirun.yaml has overrides "
+                f"{before}, this command {now}); choose another hydra.sweep.dir, or rerun that sweep's "
+                f"command to continue it"))
+
+
+def _check_run(task: DictConfig, out_dir: Path) -> None:
+    """What ``train`` would refuse, asked before anything is written (see ``RefuseBeforeWriting``)."""
+    import os
+
+    from .config_schema import validate_config
+    from .errors import LsrAdaptError, RunDirRefused
+    from .training.checkpoints import checkpoint_dirs, resume_checkpoint
+    from .training.rundir import refusal
+
+    validate_config(task)
+    why = refusal(out_dir)
+    if why:
+        raise RunDirRefused(why)
+    if out_dir.exists() and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise LsrAdaptError(f"cannot write the run dir {out_dir} (read-only, or not yours); choose "
+                            f"another hydra.run.dir / output_dir")
+    if checkpoint_dirs(out_dir):  # an interrupted run: only its own config may continue it
+        resume_checkpoint(task, out_dir)

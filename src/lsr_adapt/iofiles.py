@@ -123,3 +123,37 @@ def _jsonable(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system holding ``path`` (its nearest existing ancestor), None if unknown."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+@contextlib.contextmanager
+def writing(path, what: str):
+    """Turn a failed write below ``path`` into one line naming it (``what``: e.g. "the checkpoint").
+
+    An ``OSError`` says why itself (no space, read-only, permission). torch.save and safetensors report
+    a full disk their own way (``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``,
+    ``SafetensorError: ... os error 28``): those become "No space left on device" when the file
+    system is indeed (nearly) full; any other error is a bug and propagates unchanged.
+    """
+    from .errors import LsrAdaptError
+
+    try:
+        yield
+    except OSError as e:
+        raise LsrAdaptError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    except Exception as e:
+        free = _free_bytes(Path(path))
+        if "os error 28" in str(e) or (free is not None and free < (1 << 20)):
+            raise LsrAdaptError(f"cannot write {what} {path}: No space left on device") from None
+        raise

@@ -8,7 +8,7 @@ sweeper counts a ``None`` objective as a failed trial. ``hydra_callbacks.SweepSt
 the failures when the sweep ends and exits non-zero with one line naming them. A single run keeps
 the one-line ``error:`` / exit 2 contract of ``cli.exit_on_user_error`` (``run_job`` lets it pass).
 
-Bottom layer: imports only ``errors``, ``iofiles``, the standard library and Hydra.
+Bottom layer: imports only ``errors``, ``iofiles``, ``runlog``, the standard library and Hydra.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LsrAdaptError, first_line
+from . import runlog
+from .errors import LsrAdaptError, RunDirRefused, first_line
 from .iofiles import write_json
 
 log = logging.getLogger("lsr_adapt")
@@ -90,6 +91,7 @@ def record_failure(job_dir: Path, e: BaseException) -> Path:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path = Path(job_dir) / FAILED
+    runlog.start(job_dir)  # the failure is this job's own: its log takes the lines held so far
     write_json(path, record)
     log.error("job failed: %s", line)
     if not isinstance(e, LsrAdaptError) and not _log_traceback_to_files(e):
@@ -129,7 +131,7 @@ def run_job(fn, cfg, *args, refusal=_finished, **kwargs):
     except Exception as e:
         if not _is_rank0():
             return None
-        if ours and refusal(job_dir) is None:
+        if ours and refusal(job_dir) is None and not isinstance(e, RunDirRefused):
             record_failure(job_dir, e)
         else:  # the job was refused a dir that is another run's: say so, leave the dir alone
             log.error("job failed: %s", error_line(e))

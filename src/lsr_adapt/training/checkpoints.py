@@ -11,7 +11,10 @@
 * only the newest ``keep`` complete checkpoints are kept (``publish_checkpoint``);
 * ``resume_checkpoint(cfg, run_dir)`` decides what a run continues from (``training.resume``): the
   newest checkpoint whose files match its manifest, warning about each newer one it passes over
-  (torn by a crash mid-write, or damaged since), only if the run was started with the same config.
+  (torn by a crash mid-write, or damaged since), only if the run was started with the same config:
+  each checkpoint keeps the resolved config it was written under (``config_resolved.yaml``, under
+  its manifest's checksum), so deleting or editing the run dir's copy does not let another config
+  continue it.
 
 The Trainer writes the files (``trainer.AdapterTrainer._save_checkpoint``); this module owns their
 layout, integrity and rotation.
@@ -31,7 +34,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..artifacts import read_json, read_weights
-from ..errors import LsrAdaptError
+from ..errors import LsrAdaptError, RunDirRefused
 from ..iofiles import write_json
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ MANIFEST = "manifest.json"
 WEIGHTS = "trainable.safetensors"
 STATE = "lsr_adapt_state.json"
 BEST = "best_weights.safetensors"
+CONFIG = "config_resolved.yaml"  # the run's resolved config: in the run dir, and in each checkpoint
 
 
 def checkpoint_dirs(run_dir) -> list[Path]:
@@ -163,7 +167,7 @@ def resume_checkpoint(cfg, out_dir: Path) -> Path | None:
     existing = checkpoint_dirs(out_dir)
     if resume in (False, None, "false"):
         if existing:
-            raise LsrAdaptError(f"{out_dir} holds checkpoints of an unfinished run ({existing[0].name}); "
+            raise RunDirRefused(f"{out_dir} holds checkpoints of an unfinished run ({existing[0].name}); "
                                 f"continue it with training.resume=auto, or choose another output dir")
         return None
     if str(resume) != "auto":
@@ -172,34 +176,37 @@ def resume_checkpoint(cfg, out_dir: Path) -> Path | None:
             problem = checkpoint_problem(path)
             if problem:
                 raise LsrAdaptError(f"training.resume={resume}: cannot resume from it: {problem}")
-            _check_same_config(cfg, path.parent)
+            _check_same_config(cfg, path)
             return path
         if not checkpoint_dirs(path):
             raise LsrAdaptError(f"training.resume={resume}: no such directory, or neither a checkpoint nor "
                                 f"a run dir holding checkpoints; valid: auto, false, or such a path")
-        _check_same_config(cfg, path)
         ckpt = find_resume_checkpoint(path)
         if ckpt is None:
             raise LsrAdaptError(f"training.resume={resume}: none of its checkpoints is intact")
+        _check_same_config(cfg, ckpt)
         return ckpt
     if not existing:
         return None
-    _check_same_config(cfg, out_dir)
     ckpt = find_resume_checkpoint(out_dir)
     if ckpt is None:
         log.warning("no intact checkpoint in %s: starting from the beginning", out_dir)
+        return None
+    _check_same_config(cfg, ckpt)
     return ckpt
 
 
-def _check_same_config(cfg, run_dir: Path) -> None:
-    """Refuse to continue a run that was started with a different config (``config_resolved.yaml``)."""
-    previous = run_dir / "config_resolved.yaml"
+def _check_same_config(cfg, ckpt: Path) -> None:
+    """Refuse to continue a run that was started with a different config: the one the checkpoint was
+    written under (checksummed by its manifest; a checkpoint of an older lsr-adapt without one: the
+    run dir's ``config_resolved.yaml``, if it is still there)."""
+    previous = ckpt / CONFIG if (ckpt / CONFIG).exists() else ckpt.parent / CONFIG
     if not previous.exists():
         return
     changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(previous)),
                             OmegaConf.to_container(cfg, resolve=True))
     if changed:
-        raise LsrAdaptError(f"{run_dir} holds checkpoints of a run with another config (differs in "
+        raise RunDirRefused(f"{ckpt.parent} holds checkpoints of a run with another config (differs in "
                             f"{', '.join(changed[:5])}); re-run the same command to resume, or choose "
                             f"another output dir")
 

@@ -26,7 +26,7 @@ from ..budget import apply_budget
 from ..config_schema import validate_config
 from ..distributed import assign_, barrier, gather_full_weights, is_main_process, world_size
 from ..errors import LsrAdaptError
-from ..iofiles import write_json
+from ..iofiles import write_json, writing
 from ..metrics import higher_is_better
 from ..modeling import LoadedModel, freeze_adapter, model_path_of, parameter_counts, prepare_model
 from ..tasks import Task, evaluate_extra, extra_eval_datasets, get_task
@@ -36,7 +36,7 @@ from .arguments import check_fsdp, precision_of, training_arguments, user_callba
 from .checkpoints import load_recorder_state, load_trainable, remove_checkpoints, resume_checkpoint
 from .recorder import EpochRecorder, check_finite
 from .results import adapter_meta, results_record
-from .rundir import RESULTS, claim, output_dir_of, write_config
+from .rundir import RESULTS, claim, output_dir_of, start_records
 from .trainer import AdapterTrainer
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> dict:
     out_dir = output_dir_of(cfg)
     with claim(out_dir):
         resume_from = resume_checkpoint(cfg, out_dir)
-        write_config(out_dir, cfg)
+        start_records(out_dir, OmegaConf.to_yaml(cfg, resolve=True))
         set_seed(int(cfg.training.seed))
         task = get_task(cfg.data)
         built = build_model(cfg, task)
@@ -179,6 +179,7 @@ def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, 
         recorder=recorder, trainable_names=[n for n, p in model.named_parameters() if p.requires_grad],
         keep_checkpoints=tcfg.get("keep_checkpoints"), nonfinite=str(tcfg.get("nonfinite_loss", "stop")),
         skipped_batches=skipped, param_groups=param_groups, loss_metrics=task.loss_metrics,
+        run_config=OmegaConf.to_yaml(cfg, resolve=True),  # the text start_records wrote
     )
     check_fsdp(args, trainer)
     compat.fix_tensorboard_dir(trainer, out_dir)
@@ -262,7 +263,8 @@ def save_run(out_dir: Path, built: BuiltModel, results: dict, meta: dict) -> Non
     go: they only served to finish it. Rank 0 writes; every rank gathers FSDP shards first."""
     gather_full_weights(built.model)
     if is_main_process():
-        save_adapter(built.model, out_dir, meta)
-        write_json(out_dir / RESULTS, results)
+        with writing(out_dir, "the run's outputs in"):  # e.g. a full disk: one line, no results.json
+            save_adapter(built.model, out_dir, meta)
+            write_json(out_dir / RESULTS, results)
         remove_checkpoints(out_dir)
     barrier()  # no rank returns before the outputs exist

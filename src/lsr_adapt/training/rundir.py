@@ -1,31 +1,37 @@
 """One run directory, one run: where a run writes, the lock it holds, and what it refuses.
 
 * A run dir that holds ``results.json`` is a finished run: never written again (a rerun into it
-  stops with one line, and Hydra is kept from rewriting its ``.hydra/`` files and log, see
-  ``register_resolvers``).
+  stops with one line, and Hydra is kept from rewriting its ``.hydra/`` files, see
+  ``register_resolvers``; the job's log is written only once a run owns its dir, ``runlog``).
+* A run dir that holds checkpoints is an interrupted run: the same command continues it; another
+  config is refused (``checkpoints.resume_checkpoint``) and writes nothing there either. Hydra's
+  record of the command that started it is kept as it was.
 * A live run holds an exclusive lock (``filelock``, released by the OS if the process dies) on
   ``<run dir>/.lock`` for its whole life; a second process started into the same dir stops at once.
-* Temp files left by a run that was killed mid-write are removed when the next run starts there.
+* Temp files left by a run that was killed mid-write are removed when the next run starts there
+  (``start_records``: after the resume decision, so a refused command removes nothing).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from .. import runlog
 from ..distributed import is_main_process
-from ..errors import LsrAdaptError, first_line
+from ..errors import LsrAdaptError, RunDirRefused, first_line
 from ..iofiles import remove_stale_temp_files, write_text
+from .checkpoints import CONFIG, checkpoint_dirs
 
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 LOCK = ".lock"
+__all__ = ["CONFIG", "LOCK", "RESULTS", "claim", "output_dir_of", "refusal", "register_resolvers", "start_records"]
 
 
 def output_dir_of(cfg: DictConfig) -> Path:
@@ -67,10 +73,10 @@ def refusal(out_dir: Path) -> str | None:
 
 @contextlib.contextmanager
 def claim(out_dir: Path):
-    """Hold ``out_dir`` for one run: refuse a finished or busy dir, lock it, clean stale temp files.
-    Under torchrun / accelerate launch only rank 0 locks (every rank shares the one run dir)."""
+    """Hold ``out_dir`` for one run: refuse a finished or busy dir, lock it. Under torchrun /
+    accelerate launch only rank 0 locks (every rank shares the one run dir)."""
     if (out_dir / RESULTS).exists():
-        raise LsrAdaptError(refusal(out_dir))
+        raise RunDirRefused(refusal(out_dir))
     if not is_main_process():  # rank 0 holds the lock for all ranks
         yield
         return
@@ -79,39 +85,38 @@ def claim(out_dir: Path):
         out_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
-        raise LsrAdaptError(refusal(out_dir) or f"{out_dir} is in use by another running process") from None
+        raise RunDirRefused(refusal(out_dir) or f"{out_dir} is in use by another running process") from None
     except OSError as e:
         raise LsrAdaptError(f"cannot write the run dir {out_dir}: {e.strerror or first_line(e)}; "
                             f"choose a writable output_dir / hydra.run.dir") from None
     try:
         if (out_dir / RESULTS).exists():  # finished while we waited for the lock
-            raise LsrAdaptError(refusal(out_dir))
-        for stale in remove_stale_temp_files(out_dir):
-            log.info("removed %s, left by a run killed while writing it", stale)
+            raise RunDirRefused(refusal(out_dir))
         yield
     finally:
         lock.release()
 
 
-def write_config(out_dir: Path, cfg: DictConfig) -> None:
+def start_records(out_dir: Path, config_text: str) -> None:
+    """The run owns ``out_dir`` (claimed, and any resume accepted): its log starts, a killed run's
+    stale temp files go, and ``config_resolved.yaml`` is written."""
+    runlog.start(out_dir)
     if is_main_process():
-        write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        for stale in remove_stale_temp_files(out_dir):
+            log.info("removed %s, left by a run killed while writing it", stale)
+        write_text(out_dir / CONFIG, config_text)
 
 
 # -- keeping Hydra's hands off a finished or busy run dir ------------------------------------------
 def _hydra_subdir(output_dir: str, subdir: str = ".hydra"):
-    """``hydra.output_subdir``: Hydra's record of the command, unless the dir is finished or busy
-    (then None: Hydra writes nothing there, and the run itself stops with one line)."""
-    return None if refusal(Path(output_dir)) else subdir
-
-
-def _hydra_log(output_dir: str, name: str) -> str:
-    """``hydra.job_logging.handlers.file.filename``: the job's log, or nowhere for a finished/busy dir."""
-    return os.devnull if refusal(Path(output_dir)) else str(Path(output_dir) / f"{name}.log")
+    """``hydra.output_subdir``: Hydra's record of the command, unless the dir is finished or busy, or
+    holds an interrupted run's checkpoints (then None: Hydra writes nothing there; the record of the
+    command that started the run stays, and a relaunch either continues it or stops with one line)."""
+    path = Path(output_dir)
+    return None if refusal(path) or checkpoint_dirs(path) else subdir
 
 
 def register_resolvers() -> None:
-    """The resolvers conf/config.yaml uses for Hydra's own files (call before Hydra composes)."""
-    for name, fn in (("lsr_adapt_subdir", _hydra_subdir), ("lsr_adapt_log", _hydra_log)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+    """The resolver conf/config.yaml uses for Hydra's own files (call before Hydra composes)."""
+    if not OmegaConf.has_resolver("lsr_adapt_subdir"):
+        OmegaConf.register_new_resolver("lsr_adapt_subdir", _hydra_subdir)

@@ -13,7 +13,9 @@ What it adds to the stock Trainer, each switched by an argument rather than by a
 * ``param_groups``: a method's optimizer parameter groups (LoRA+'s faster B), built where the
   Trainer builds its optimizer, so DDP/FSDP wrapping sees it (FSDP refuses a pre-built optimizer);
 * ``loss_metrics``: a task's metrics computed from the evaluation loss (a causal LM's perplexity);
-  such evaluations keep no logits (blocks × tokens × vocabulary floats).
+  such evaluations keep no logits (blocks × tokens × vocabulary floats);
+* a checkpoint due on an epoch's last step is written after that epoch's evaluation
+  (``EpochEndCheckpoint``), so that a run killed right after it resumes with the epoch evaluated.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from ..distributed import barrier, full_tensor, local_tensor
 from ..errors import LsrAdaptError
-from ..iofiles import write_json
-from .checkpoints import BEST, PREFIX, STATE, WEIGHTS, publish_checkpoint
+from ..iofiles import write_json, write_text, writing
+from .checkpoints import BEST, CONFIG, PREFIX, STATE, WEIGHTS, publish_checkpoint
 from .recorder import EpochRecorder
 
 log = logging.getLogger(__name__)
@@ -41,17 +43,38 @@ class NonFiniteLoss(LsrAdaptError):
     """A training step produced a NaN/inf loss and ``training.nonfinite_loss=stop``."""
 
 
+class EpochEndCheckpoint(TrainerCallback):
+    """Move a step-count checkpoint that falls on an epoch's last optimizer step to after that epoch's
+    evaluation. The Trainer saves at the step's end and evaluates at the epoch's end, so a checkpoint
+    written first held no record of the evaluation, and a run killed between the two resumed at the
+    next epoch with that epoch's evaluation lost (another ``eval_history``, maybe another best epoch)."""
+
+    def __init__(self) -> None:
+        self.deferred = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # state.epoch is epoch + (micro-batch + 1) / micro-batches per epoch: whole on an epoch's last step
+        if control.should_save and args.eval_strategy == "epoch" and float(state.epoch or 0).is_integer():
+            control.should_save, self.deferred = False, True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.deferred:  # the Trainer evaluates first, then saves, in the same call
+            control.should_save, self.deferred = True, False
+
+
 class AdapterTrainer(Trainer):
     def __init__(self, *args, recorder: EpochRecorder, trainable_names, keep_checkpoints: int | None = None,
                  nonfinite: str = "stop", skipped_batches=(), param_groups: Callable | None = None,
-                 loss_metrics: Callable[[float], dict] | None = None, **kwargs):
+                 loss_metrics: Callable[[float], dict] | None = None, run_config: str | None = None, **kwargs):
         if nonfinite not in NONFINITE_POLICIES:
             raise LsrAdaptError(f"unknown training.nonfinite_loss {nonfinite!r}; valid choices: "
                                 f"{', '.join(NONFINITE_POLICIES)}")
         super().__init__(*args, **kwargs)
+        self.add_callback(EpochEndCheckpoint())  # after DefaultFlowCallback, which sets should_save
         self.recorder, self.trainable_names = recorder, set(trainable_names)
         self.keep_checkpoints, self.nonfinite = keep_checkpoints, nonfinite
         self.param_groups, self.loss_metrics = param_groups, loss_metrics
+        self.run_config = run_config  # the resolved config (YAML): each checkpoint keeps it, under its manifest
         self.skipped_batches: list[int] = list(skipped_batches)  # steps whose batch was dropped ("skip")
         self.last_checkpoint: Path | None = None
         self._first_bad_step: torch.Tensor | None = None  # "stop": on the device, -1 while every loss is finite
@@ -122,39 +145,54 @@ class AdapterTrainer(Trainer):
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial) -> None:
-        from safetensors.torch import save_file
-        from transformers.trainer_callback import ExportableState
-
         self.check_losses()  # never a checkpoint of diverged weights
         step = self.state.global_step
         run_dir = Path(self._get_output_dir(trial=trial))
         final, tmp = run_dir / f"{PREFIX}{step}", run_dir / f".tmp-{PREFIX}{step}"
         main = self.args.should_save
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)  # a torn one from a killed run
-            tmp.mkdir(parents=True)
-        barrier()
-        trainable = self.trainable_state()  # every rank: a collective under FSDP
-        if main:
-            save_file({n: t.detach().to("cpu").contiguous() for n, t in trainable.items()}, tmp / WEIGHTS)
-        if not self.args.save_only_model:
-            self._save_optimizer_and_scheduler(str(tmp))
-            self._save_scaler(str(tmp))
-            self._save_rng_state(str(tmp))  # every rank, its own file
-        if main:
-            for cb in [*self.callback_handler.callbacks, self.control]:
-                if isinstance(cb, ExportableState):
-                    self.state.stateful_callbacks[cb.__class__.__name__] = cb.state()
-            self.state.save_to_json(str(tmp / "trainer_state.json"))
-            info, best = self.recorder.state_dict()
-            write_json(tmp / STATE, {**info, "skipped_batches": self.skipped_batches})
-            if best:
-                save_file({n: t.contiguous() for n, t in best.items()}, tmp / BEST)
-        barrier()  # every rank's RNG file is in
-        if main:
-            publish_checkpoint(tmp, final, step, self.keep_checkpoints)
+        try:
+            self._write_checkpoint(model, run_dir, final, tmp, step, main)
+        except LsrAdaptError as e:  # a full disk, a read-only dir: the torn checkpoint goes, the last one stays
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            last = self.last_checkpoint
+            raise LsrAdaptError(f"{e}; free space and rerun the same command to resume"
+                                + (f" from {last}" if last else "")) from None
         self.last_checkpoint = final
         barrier()
+
+    def _write_checkpoint(self, model, run_dir: Path, final: Path, tmp: Path, step: int, main: bool) -> None:
+        from safetensors.torch import save_file
+        from transformers.trainer_callback import ExportableState
+
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a torn one from a killed run
+            with writing(tmp, "the checkpoint"):
+                tmp.mkdir(parents=True)
+        barrier()
+        trainable = self.trainable_state()  # every rank: a collective under FSDP
+        with writing(tmp, "the checkpoint"):
+            if main:
+                save_file({n: t.detach().to("cpu").contiguous() for n, t in trainable.items()}, tmp / WEIGHTS)
+            if not self.args.save_only_model:
+                self._save_optimizer_and_scheduler(str(tmp))
+                self._save_scaler(str(tmp))
+                self._save_rng_state(str(tmp))  # every rank, its own file
+            if main:
+                for cb in [*self.callback_handler.callbacks, self.control]:
+                    if isinstance(cb, ExportableState):
+                        self.state.stateful_callbacks[cb.__class__.__name__] = cb.state()
+                self.state.save_to_json(str(tmp / "trainer_state.json"))
+                info, best = self.recorder.state_dict()
+                write_json(tmp / STATE, {**info, "skipped_batches": self.skipped_batches})
+                if self.run_config is not None:  # what a resume must match, checksummed with the rest
+                    write_text(tmp / CONFIG, self.run_config)
+                if best:
+                    save_file({n: t.contiguous() for n, t in best.items()}, tmp / BEST)
+        barrier()  # every rank's RNG file is in
+        if main:
+            with writing(final, "the checkpoint"):
+                publish_checkpoint(tmp, final, step, self.keep_checkpoints)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         model = self.accelerator.unwrap_model(self.model)
