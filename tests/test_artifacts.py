@@ -27,6 +27,7 @@ from lsr_adapt.artifacts import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     AdapterBank,
+    adapter_tensors,
     base_fingerprint,
     fingerprint_problem,
     load_adapter,
@@ -488,8 +489,8 @@ def test_init_from_then_head_only(lora_run, tmp_path):
     assert res["metric_before_training"] == first["best_metric"]  # starts from the saved adapter + head
     assert res["init_from"]["head_loaded"] and res["freeze_adapter"]
     assert res["trainable_params"] == res["head_params"]
-    old = read_weights(lora_run / ADAPTER_WEIGHTS)
-    new = read_weights(tmp_path / "stage2" / ADAPTER_WEIGHTS)
+    old = adapter_tensors(lora_run)  # under the model's names (a LoRA run dir stores peft's)
+    new = adapter_tensors(tmp_path / "stage2")
     assert set(old) == set(new)
     assert res["best_metric"] >= res["metric_before_training"]  # the start counts as epoch 0
     head_moved = res["best_epoch"] > 0
@@ -507,7 +508,7 @@ def test_init_from_checks_the_config(lora_run, tmp_path):
 def test_init_from_on_a_task_with_other_labels(lora_run, tmp_path):
     res = run_train(tmp_path / "z", *SMALL, f"init_from={lora_run}", "data.num_labels=3", "training.num_train_epochs=0")
     assert res["init_from"]["head_loaded"] is False  # 3 labels now: the adapter carries over, the head starts fresh
-    old = read_weights(lora_run / ADAPTER_WEIGHTS)
-    new = read_weights(tmp_path / "z" / ADAPTER_WEIGHTS)
+    old = adapter_tensors(lora_run)
+    new = adapter_tensors(tmp_path / "z")
     assert all(torch.equal(old[n], new[n]) for n in old if "lora_" in n)
     assert new["classifier.out_proj.weight"].shape[0] == 3

@@ -293,8 +293,9 @@ def test_gpt2_lora_lowers_perplexity(gpt2_run):
     assert res["best_metric"] == min(h["perplexity"] for h in res["eval_history"])  # lower is better
     assert res["best_metric"] < 0.95 * res["metric_before_training"]
     assert res["test_metrics"]["perplexity"] == pytest.approx(math.exp(res["test_metrics"]["loss"]))
-    cfg = json.loads((out / "adapter_config.json").read_text())
+    cfg = json.loads((out / "lsr_adapt_config.json").read_text())  # beside peft's adapter_config.json
     assert (cfg["task_type"], cfg["num_labels"], cfg["trained_head"]) == ("causal_lm", 0, [])
+    assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"  # peft's
 
 
 def test_perplexity_matches_token_level_cross_entropy(gpt2_run):

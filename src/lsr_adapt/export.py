@@ -8,7 +8,8 @@ Formats (see docs/artifacts.md):
 * ``peft``: peft LoRA files (``PeftModel.from_pretrained(base, DIR)``); exact for LoRA, rsLoRA, DoRA.
 * ``lokr``: peft LoKr files; exact for single-term LSR (num_terms = 1).
 * ``lora``: any method's ΔW truncated to rank ``--rank`` by SVD, as peft LoRA files; the relative
-  Frobenius error is printed and written to ``export_report.json``.
+  Frobenius error is printed and written to ``export_report.json``. Without ``--rank``, the exact
+  rank of the method's ΔW (LSR: t·r²; LoRA: r), so the export is exact up to fp32 rounding.
 
 The output directory is built beside ``--out`` and renamed into place: there is never half of one.
 """
@@ -25,7 +26,7 @@ import torch
 from .adapters import adapter_layers, merge_and_unload, replace_modules
 from .adapters.qlora import dequantize
 from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_run, saved_run
-from .artifacts.peft_format import peft_lokr, peft_lora, svd_lora
+from .artifacts.peft_format import exact_lora_rank, peft_lokr, peft_lora, svd_lora
 from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError, choices_error
 from .iofiles import publish_dir, write_json
@@ -80,8 +81,6 @@ def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool =
     """Write ``run_dir``'s adapter to ``out`` in ``fmt``; returns the report also saved as export_report.json."""
     if fmt not in FORMATS:
         raise choices_error("export format", fmt, FORMATS)
-    if fmt == "lora" and rank is None:
-        raise LsrAdaptError("--format lora needs --rank R (the rank of the SVD approximation)")
     if rank is not None and fmt != "lora":
         raise LsrAdaptError(f"--rank applies to --format lora only, not {fmt!r}")
     out = Path(out)
@@ -116,8 +115,17 @@ def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool =
             config, tensors = peft_lokr(run.model, meta)
             report.update(exact=True)
         else:
+            if rank is None:  # the exact rank (LSR: t·r²); summary() says so
+                exact_rank, how = exact_lora_rank(run.model)
+                rank = exact_rank
+            else:
+                try:
+                    exact_rank, how = exact_lora_rank(run.model)
+                except LsrAdaptError:  # no low-rank bound (DoRA): any --rank approximates
+                    exact_rank, how = None, None
             config, tensors, svd = svd_lora(run.model, meta, int(rank))
-            report.update(exact=False, **svd)
+            # "exact" stays False: even at the exact rank the factors are float32-rounded SVD factors
+            report.update(exact=False, exact_rank=exact_rank, exact_rank_formula=how, **svd)
         data = save(tensors, metadata={"format": "pt"})
 
         def build(tmp: Path):
@@ -131,13 +139,21 @@ def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool =
 
 def summary(report: dict, out) -> str:
     line = f"exported {report['adaptation_type']} adapter as {report['format']} to {out}"
-    if report.get("exact"):
-        extra = ""
-        if "probe_max_abs_logit_diff" in report:
-            extra = f"; merged vs live max |Δlogit| on a probe batch {report['probe_max_abs_logit_diff']:.2e}"
-        return f"{line} (exact{extra})"
-    return (f"{line} (rank {report['rank']} SVD: relative Frobenius error {report['relative_error']:.3e} overall, "
-            f"{report['max_layer_relative_error']:.3e} worst layer; per layer in {Path(out) / REPORT})")
+    if report["format"] == "lora":  # its rank against the exact one, and the error either way
+        exact = report.get("exact_rank")
+        if exact is not None and report["rank"] >= exact:
+            rank = f"rank {report['rank']} SVD = the exact rank of its ΔW, {report['exact_rank_formula']}"
+        elif exact is not None:
+            rank = (f"rank {report['rank']} SVD, below the exact rank {exact} ({report['exact_rank_formula']}; "
+                    f"omit --rank for it)")
+        else:
+            rank = f"rank {report['rank']} SVD"
+        return (f"{line} ({rank}: relative Frobenius error {report['relative_error']:.3e} overall, "
+                f"{report['max_layer_relative_error']:.3e} worst layer; per layer in {Path(out) / REPORT})")
+    extra = ""
+    if "probe_max_abs_logit_diff" in report:
+        extra = f"; merged vs live max |Δlogit| on a probe batch {report['probe_max_abs_logit_diff']:.2e}"
+    return f"{line} (exact{extra})"
 
 
 def main(argv=None) -> None:
@@ -145,7 +161,8 @@ def main(argv=None) -> None:
     p.add_argument("--run", required=True, help="run directory (or adapter directory) to export")
     p.add_argument("--format", required=True, dest="fmt", help=f"one of {', '.join(FORMATS)}")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--rank", type=int, default=None, help="rank of the SVD LoRA (--format lora)")
+    p.add_argument("--rank", type=int, default=None,
+                   help="rank of the SVD LoRA (--format lora; default: the exact rank of the method's ΔW, LSR t·r²)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     add_run_loading_args(p, device=False)
     p.add_argument("--json", action="store_true", help="print the report as JSON")

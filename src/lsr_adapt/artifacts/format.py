@@ -3,11 +3,26 @@
 An adapter directory (every run directory is one) holds the same two file names peft uses:
 
 * ``adapter_model.safetensors``: the adapter tensors (parameters and persistent buffers of every
-  adapter layer) and every other trainable tensor (the task head), under their names in the model.
-* ``adapter_config.json``: ``format: lsr-adapt``, method (``adaptation_type``) and its
-  hyperparameters, the adapted layers, the head tensor names, base model id and the path it was
-  loaded from, ``num_labels``, task, label names, a fingerprint of the base weights, versions, and
-  ``weights_sha256``: the checksum of the weights file, verified on every load.
+  adapter layer) and every other trainable tensor (the task head);
+* ``adapter_config.json``.
+
+Two layouts:
+
+* **peft** (written for adapters with an exact peft LoRA form: LoRA, rsLoRA, DoRA and the LoRA
+  variants whose ΔW is s·BA, when the head is whole modules; ``peft_format.save_run_adapter``):
+  ``adapter_config.json`` is peft's own LoRA config and the tensors carry peft's names
+  (``base_model.model.<layer>.lora_A.weight``, ``...lora_magnitude_vector``, the head under
+  ``base_model.model.<name>``), so ``PeftModel.from_pretrained(base, dir)`` opens the directory;
+  lsr-adapt's own record sits beside it in ``lsr_adapt_config.json`` (a third file, because peft
+  warns about every key of its config it does not know, and both formats use ``task_type``).
+* **lsr-adapt** (every other adapter, and every directory saved before the peft layout): the
+  tensors under their names in the model, and lsr-adapt's record in ``adapter_config.json``.
+
+lsr-adapt's record: ``format: lsr-adapt``, method (``adaptation_type``) and its hyperparameters,
+the adapted layers, the head tensor names, base model id and the path it was loaded from,
+``num_labels``, task, label names, a fingerprint of the base weights, versions, ``tensor_names``
+(``peft`` in the peft layout) and ``weights_sha256``: the checksum of the weights file, verified
+on every load.
 
 Weights are read from safetensors only (no pickle); a legacy ``.bin`` is read with
 ``torch.load(weights_only=True)``. Every problem with a file is a one-line ``LsrAdaptError`` naming
@@ -37,10 +52,14 @@ log = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+LSR_ADAPT_CONFIG = "lsr_adapt_config.json"  # lsr-adapt's record beside peft's config (the peft layout)
 LEGACY_WEIGHTS = "adapter_model.bin"
 FORMAT = "lsr-adapt"
 FORMAT_VERSION = 1
 CHECKSUM_KEY = "weights_sha256"
+# peft's names of a LoRA layer's tensors (after the model's module name), and of the model's root
+PEFT_PREFIX = "base_model.model."
+PEFT_SUFFIXES = {".lora_A": ".lora_A.weight", ".lora_B": ".lora_B.weight", ".lora_magnitude": ".lora_magnitude_vector"}
 # Hyperparameters that change how an update is computed or regularised, never its value.
 FUNCTION_NEUTRAL_OPTIONS = frozenset({"dropout", "path"})
 
@@ -60,12 +79,32 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
-def save_adapter(model: nn.Module, out_dir, meta: dict) -> Path:
-    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into ``out_dir`` atomically.
+def to_peft_name(name: str, adapter_names) -> str:
+    """peft's name of the model tensor ``name`` (an adapter layer's entry or a head tensor)."""
+    if name in adapter_names:
+        for ours, peft in PEFT_SUFFIXES.items():
+            if name.endswith(ours):
+                return PEFT_PREFIX + name[: -len(ours)] + peft
+    return PEFT_PREFIX + name
+
+
+def from_peft_name(key: str) -> str:
+    """The model's name of a tensor stored under its peft name (the inverse of ``to_peft_name``)."""
+    name = key.removeprefix(PEFT_PREFIX)
+    for ours, peft in PEFT_SUFFIXES.items():
+        if name.endswith(peft):
+            return name[: -len(peft)] + ours
+    return name
+
+
+def save_adapter(model: nn.Module, out_dir, meta: dict, peft_config: dict | None = None) -> Path:
+    """Write the adapter's files into ``out_dir``, each atomically.
 
     ``meta`` holds what the model does not know (``adaptation_type``, ``method_config``, base model
     id, ``num_labels``, task, ...); the tensor names, fingerprint, checksum and versions are added
-    here. Non-finite weights are never saved: an adapter full of NaN/inf is an error, not a file.
+    here. With ``peft_config`` (peft's LoRA config of exactly these tensors, from
+    ``peft_format.run_peft_config``) the directory gets the peft layout (module doc), otherwise
+    lsr-adapt's. Non-finite weights are never saved: an adapter full of NaN/inf is an error, not a file.
     """
     from safetensors.torch import save
 
@@ -76,7 +115,10 @@ def save_adapter(model: nn.Module, out_dir, meta: dict) -> Path:
         raise LsrAdaptError(f"refusing to save an adapter whose tensor {bad[0]} holds NaN or infinite values "
                             f"({len(bad)} such tensors); the training diverged")
     adapter_names = adapter_entry_names(model)
-    data = save(tensors, metadata={"format": "pt", "lsr_adapt": __version__})
+    stored = {to_peft_name(n, adapter_names): t for n, t in tensors.items()} if peft_config else tensors
+    if peft_config and sorted(from_peft_name(k) for k in stored) != sorted(tensors):
+        raise LsrAdaptError("these adapter tensors have no one-to-one peft names; save without peft_config")
+    data = save(stored, metadata={"format": "pt", "lsr_adapt": __version__})
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -84,13 +126,21 @@ def save_adapter(model: nn.Module, out_dir, meta: dict) -> Path:
         "target_modules": meta.get("target_modules") or sorted(adapter_layers(model)),
         "trained_head": sorted(n for n in tensors if n not in adapter_names),
         "base_fingerprint": base_fingerprint(model, exclude=tensors),
+        "tensor_names": "peft" if peft_config else "model",
         CHECKSUM_KEY: hashlib.sha256(data).hexdigest(),
         "lsr_adapt_version": __version__,
         "torch_version": torch.__version__,
     }
+    if not peft_config:
+        # a record of an earlier peft-layout save here would shadow this one (read_adapter_config)
+        (out_dir / LSR_ADAPT_CONFIG).unlink(missing_ok=True)
     with atomic_path(out_dir / ADAPTER_WEIGHTS) as tmp:
         tmp.write_bytes(data)  # into the temp file atomic_path made, so it keeps ordinary permissions
-    write_json(out_dir / ADAPTER_CONFIG, config)
+    if peft_config:
+        write_json(out_dir / LSR_ADAPT_CONFIG, config)  # before peft's: a config alone reads as a plain peft dir
+        write_json(out_dir / ADAPTER_CONFIG, peft_config)
+    else:
+        write_json(out_dir / ADAPTER_CONFIG, config)
     return out_dir
 
 
@@ -166,10 +216,14 @@ def _check_sum(path: Path, data: bytes, sha256: str | None) -> None:
 
 
 def read_adapter_config(path) -> dict:
-    """The adapter config of a directory, checked for the keys lsr-adapt needs."""
+    """The adapter config of a directory, checked for the keys lsr-adapt needs: lsr-adapt's record
+    (``lsr_adapt_config.json`` in the peft layout, ``adapter_config.json`` otherwise), or the
+    ``adapter_config.json`` of a directory peft wrote (it has ``peft_type``)."""
     cfg_file, _ = adapter_files(path)
+    if (cfg_file.parent / LSR_ADAPT_CONFIG).is_file():
+        cfg_file = cfg_file.parent / LSR_ADAPT_CONFIG
     cfg = read_json(cfg_file)
-    if "peft_type" in cfg:
+    if "peft_type" in cfg and cfg_file.name == ADAPTER_CONFIG:
         return cfg
     if cfg.get("format", FORMAT) != FORMAT:
         raise LsrAdaptError(f"{cfg_file}: unknown adapter format {cfg.get('format')!r}; valid choices: {FORMAT}, peft")
@@ -187,7 +241,15 @@ def read_adapter_weights(path, cfg: dict, check_checksum: bool = True) -> dict[s
     if check_checksum and expected is None and "peft_type" not in cfg:
         log.warning("%s records no checksum (saved by an older lsr-adapt): its integrity is not verified",
                     weights_file)
-    return read_weights(weights_file, sha256=expected)
+    tensors = read_weights(weights_file, sha256=expected)
+    if cfg.get("tensor_names") == "peft":  # the peft layout: back to the model's names
+        tensors = {from_peft_name(k): t for k, t in tensors.items()}
+    return tensors
+
+
+def adapter_tensors(path, check_checksum: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter directory under their names in the model, whatever its layout."""
+    return read_adapter_weights(path, read_adapter_config(path), check_checksum)
 
 
 # -- an adapter in memory ----------------------------------------------------------------------------

@@ -12,6 +12,9 @@ model's module names under ``base_model.model.``:
   ``lokr_w2_a`` · ``lokr_w2_b``; which form peft builds is fixed by r (see ``_lokr_uses_full``)
   and the factor sizes by ``decompose_factor`` (see ``peft_factorization``).
 * the task head (``modules_to_save``): ``<module>.<param>`` under its plain name.
+
+A run directory of a method with an exact peft LoRA form is itself a peft directory
+(``save_run_adapter``; the peft layout of ``format``); ``export`` writes the other forms.
 """
 
 from __future__ import annotations
@@ -24,16 +27,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapters import METHODS, adapter_layers
+from ..adapters import METHODS, adapter_entry_names, adapter_layers
 from ..adapters.dora import DoRALinear
 from ..adapters.lora import LoRALinear
 from ..adapters.lsr import LSRLinear
 from ..errors import LsrAdaptError
-from .format import Artifact
+from .format import PEFT_PREFIX, Artifact, adapter_state, save_adapter, to_peft_name
 
 log = logging.getLogger(__name__)
 
-PREFIX = "base_model.model."
+PREFIX = PEFT_PREFIX
 SUPPORTED_IMPORT = ("LORA",)
 
 
@@ -147,6 +150,39 @@ def peft_lora(model: nn.Module, meta: dict) -> tuple[dict, dict]:
     return config, tensors
 
 
+def run_peft_config(model: nn.Module, meta: dict) -> tuple[dict | None, str]:
+    """(peft's LoRA config, "") when the adapter's files can be peft's as they are: ``peft_lora``
+    reproduces every layer's ΔW exactly and its tensors are exactly the adapter file's under peft's
+    names (adapter entries + whole head modules); else (None, why not)."""
+    if meta.get("adaptation_type") == "qlora":
+        # peft's LoRA would load onto whatever base the user passes; the 4-bit base this adapter was
+        # trained against is not in a peft config (export --format merged holds it)
+        return None, "a QLoRA adapter is trained against a 4-bit base that a peft config does not record"
+    if meta.get("pooling") == "mean":
+        return None, "the head reads the mean of the last hidden states, which peft's stock head does not"
+    tensors = adapter_state(model)
+    adapter_names = adapter_entry_names(model)
+    head = sorted(n for n in tensors if n not in adapter_names)
+    try:
+        config, peft_tensors = peft_lora(model, {**meta, "trained_head": head})
+    except LsrAdaptError as e:
+        return None, str(e)
+    ours = {to_peft_name(n, adapter_names): t for n, t in tensors.items()}
+    if set(ours) != set(peft_tensors) or not all(torch.equal(ours[k], peft_tensors[k]) for k in ours):
+        extra = sorted(set(ours) ^ set(peft_tensors))
+        return None, f"peft's LoRA files would hold other tensors than the adapter's ({', '.join(extra[:3])})"
+    return config, ""
+
+
+def save_run_adapter(model: nn.Module, out_dir, meta: dict) -> Path:
+    """A run's adapter files: the peft layout (``PeftModel.from_pretrained(base, run_dir)`` opens it)
+    when the adapter has an exact peft LoRA form, lsr-adapt's layout otherwise (``format``)."""
+    config, why_not = run_peft_config(model, meta)
+    if config is None:
+        log.debug("adapter saved in lsr-adapt's layout, not peft's: %s", why_not)
+    return save_adapter(model, out_dir, meta, peft_config=config)
+
+
 def peft_factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     """peft's (LyCORIS') split of a LoKr dimension: (factor, dim/factor) if factor divides it, else
     the most balanced (m, n), m ≤ n, with m ≤ factor (``peft.tuners.lokr.layer.factorization``)."""
@@ -229,6 +265,31 @@ def peft_lokr(model: nn.Module, meta: dict) -> tuple[dict, dict]:
         "rank_dropout_scale": False,
     }
     return config, {k: v.contiguous() for k, v in tensors.items()}
+
+
+def exact_lora_rank(model: nn.Module) -> tuple[int, str]:
+    """(R, how): the rank an SVD LoRA needs to reproduce every layer's ΔW exactly, from the method's
+    structure (LSR: t·r² in the sum form, r² in the product form; LoRA and its variants with ΔW = s·BA:
+    r), capped by min(out, in); a method without a low-rank bound (DoRA, ...) is an error."""
+    layers = adapter_layers(model)
+    if not layers:
+        raise LsrAdaptError("this adapter has no adapter layers to factor; use --format merged")
+    best = (0, "")
+    for name, layer in layers.items():
+        if isinstance(layer, LSRLinear):
+            t, r = layer.num_terms, layer.r
+            bound, how = (t * r * r, f"t·r² = {t}·{r}²") if layer.form == "sum" else (r * r, f"r² = {r}² (product form)")
+        elif isinstance(layer, LoRALinear) and not is_dora(layer):
+            bound, how = layer.r, f"r = {layer.r}"
+        else:
+            raise LsrAdaptError(f"--format lora needs --rank R for layer {name} ({type(layer).__name__}): its ΔW "
+                                f"has no low-rank bound (rank up to min(out, in) = "
+                                f"{min(layer.in_features, layer.out_features)})")
+        full = min(layer.in_features, layer.out_features)
+        if full < bound:
+            bound, how = full, f"min(out, in) = {full}, as {how} = {bound} exceeds it"
+        best = max(best, (bound, how), key=lambda x: x[0])
+    return best
 
 
 def svd_lora(model: nn.Module, meta: dict, rank: int) -> tuple[dict, dict, dict]:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from ..adapters import AdapterMethod, get_method
-from ..artifacts import init_from_run, save_adapter
+from ..artifacts import init_from_run, save_run_adapter
 from ..budget import apply_budget
 from ..config_schema import validate_config
 from ..distributed import assign_, barrier, gather_full_weights, is_main_process, world_size
@@ -264,7 +264,7 @@ def save_run(out_dir: Path, built: BuiltModel, results: dict, meta: dict) -> Non
     gather_full_weights(built.model)
     if is_main_process():
         with writing(out_dir, "the run's outputs in"):  # e.g. a full disk: one line, no results.json
-            save_adapter(built.model, out_dir, meta)
+            save_run_adapter(built.model, out_dir, meta)  # peft's layout where it is exact
             write_json(out_dir / RESULTS, results)
         remove_checkpoints(out_dir)
     barrier()  # no rank returns before the outputs exist

@@ -1,0 +1,174 @@
+"""Runs that HF peft opens as they are, and exports at the exact rank (issue 20, part 5).
+
+A LoRA / rsLoRA / DoRA run dir is a peft directory: ``PeftModel.from_pretrained(base, run_dir)``
+gives the logits of the model lsr-adapt rebuilds from the same dir (``load_run``, itself checked
+against the metrics recorded at training time), and peft's own config class reads its
+``adapter_config.json`` without a warning. ``export --format lora`` of an LSR adapter takes the
+exact rank t·r² by default and says so; a smaller ``--rank`` names the exact one and the error.
+The references are peft's own model classes, numpy's SVD and the recorded metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import pytest
+import torch
+from conftest import SMALL_RUN, assert_one_line_error, cli, run_train, tiny_batch, tiny_classifier
+from tolerances import EPS32, assert_fp32_close, forward_terms
+
+from lsr_adapt.adapters import adapter_layers
+from lsr_adapt.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LSR_ADAPT_CONFIG, load_run, save_adapter
+from lsr_adapt.errors import LsrAdaptError
+from lsr_adapt.modeling import prepare_model
+from lsr_adapt.smoke import tiny_checkpoint
+
+peft = pytest.importorskip("peft")
+
+# peft's LoRA forward is base(x) + s·B(A(x)), lsr-adapt's the same sum in another order (and DoRA's
+# norm another way round): the same maths, so the logits differ by float32 summation order along the
+# network, plus the head's two matmuls (32 wide)
+HEAD_TERMS = 32
+
+
+def _base():
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(1)  # a head other than the run's: modules_to_save must bring the trained one
+    return AutoModelForSequenceClassification.from_pretrained(str(tiny_checkpoint("roberta")), num_labels=2)
+
+
+@torch.no_grad()
+def _logits(model, batch) -> torch.Tensor:
+    return model.eval()(**batch).logits
+
+
+def _check_run_dir_opens_in_peft(run_dir, *, use_rslora: bool, use_dora: bool) -> None:
+    from lsr_adapt.predict import evaluate_split
+
+    results = json.loads((run_dir / "results.json").read_text())
+    with warnings.catch_warnings():  # peft warns about any key of adapter_config.json it does not know
+        warnings.simplefilter("error")
+        config = peft.PeftConfig.from_pretrained(str(run_dir))
+    assert isinstance(config, peft.LoraConfig) and config.task_type == "SEQ_CLS"
+    assert (config.r, config.use_rslora, config.use_dora) == (results["method_config"]["r"], use_rslora, use_dora)
+    assert list(config.modules_to_save) == ["classifier"]
+
+    run = load_run(run_dir)  # lsr-adapt's own loader reads its record beside peft's config
+    assert (run_dir / LSR_ADAPT_CONFIG).is_file() and run.adapter_config["tensor_names"] == "peft"
+    assert sorted(config.target_modules) == sorted(adapter_layers(run.model))
+    # the model lsr-adapt rebuilds is the one training measured
+    assert evaluate_split(run, "validation")["metrics"][results["metric_name"]] == results["best_metric"]
+
+    batch = tiny_batch(run.tokenizer, n=6)
+    want = _logits(run.model, batch)
+    model = peft.PeftModel.from_pretrained(_base(), str(run_dir))
+    assert_fp32_close(_logits(model, batch), want, terms=forward_terms(run.model, batch) + HEAD_TERMS)
+    # the serving recipe of docs/artifacts.md: fold the adapter in, a plain transformers model remains
+    merged = model.merge_and_unload()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert_fp32_close(_logits(merged, batch), want, terms=forward_terms(run.model, batch) + HEAD_TERMS)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lora_run")
+    run_train(d, *SMALL_RUN)  # experiment=smoke: roberta_lora, r=8 on query/value
+    return d
+
+
+def test_lora_run_dir_opens_in_peft(lora_run):
+    _check_run_dir_opens_in_peft(lora_run, use_rslora=False, use_dora=False)
+
+
+def test_a_damaged_peft_layout_run_is_refused(lora_run, tmp_path):
+    """The checksum in lsr_adapt_config.json covers the peft-named weights file."""
+    import shutil
+
+    from lsr_adapt.artifacts import load_adapter
+
+    copy = tmp_path / "copy"
+    shutil.copytree(lora_run, copy)
+    data = bytearray((copy / ADAPTER_WEIGHTS).read_bytes())
+    data[-1] ^= 0x01  # a flipped bit in the last tensor's data: the file still parses
+    (copy / ADAPTER_WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(LsrAdaptError, match="does not match the checksum"):
+        load_adapter(tiny_classifier().model, copy)
+
+
+@pytest.mark.slow  # two more training runs (~20 s each on 2 cores)
+@pytest.mark.parametrize("model, use_rslora, use_dora", [("roberta_rslora", True, False),
+                                                         ("roberta_dora", False, True)])
+def test_rslora_and_dora_run_dirs_open_in_peft(tmp_path, model, use_rslora, use_dora):
+    run_train(tmp_path, *SMALL_RUN, f"model={model}")
+    _check_run_dir_opens_in_peft(tmp_path, use_rslora=use_rslora, use_dora=use_dora)
+
+
+# -- export --format lora: the exact rank by default ----------------------------------------------------
+def _saved(tmp_path, method: str, cfg: dict):
+    """A tiny classifier with ``method`` whose adapter and head hold random non-zero values, saved."""
+    loaded = tiny_classifier()
+    prepare_model(loaded, method, dict(cfg), ["query", "value"])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    loaded.model.eval()
+    mcfg = loaded.method_config
+    save_adapter(loaded.model, tmp_path, {
+        "adaptation_type": method, "method_config": dataclasses.asdict(mcfg),
+        "base_model": "tiny-roberta", "loaded_from": str(tiny_checkpoint("roberta")), "num_labels": 2,
+        "task": "test", "task_type": "classification", "text_fields": ["sentence"]})
+    return loaded
+
+
+def test_export_lora_takes_the_exact_rank_of_an_lsr_adapter(tmp_path, capsys):
+    from lsr_adapt.export import main
+
+    live = _saved(tmp_path / "lsr", "lsr", {"r": 2, "num_terms": 5})  # rank ≤ t·r² = 20 < 32 = min(out, in)
+    assert not (tmp_path / "lsr" / LSR_ADAPT_CONFIG).exists()  # LSR has no peft LoRA form: lsr-adapt's layout
+    main(["--run", str(tmp_path / "lsr"), "--format", "lora", "--out", str(tmp_path / "exact")])
+    out = capsys.readouterr().out
+    assert "rank 20 SVD = the exact rank of its ΔW, t·r² = 5·2²" in out, out
+    report = json.loads((tmp_path / "exact" / "export_report.json").read_text())
+    assert report["rank"] == report["exact_rank"] == 20
+    # rank 20 holds ΔW exactly (float64 SVD, ~1e-15); what is left is rounding B and A to float32:
+    # each entry of B·A a sum of 20 products whose two factors carry eps32/2 each: ≤ 20·eps32 of ‖ΔW‖
+    assert report["relative_error"] <= 20 * EPS32, report["relative_error"]
+    assert f"relative Frobenius error {report['relative_error']:.3e}" in out
+    batch = tiny_batch(live.tokenizer, n=6)
+    exported = peft.PeftModel.from_pretrained(_base(), str(tmp_path / "exact"))
+    assert_fp32_close(_logits(exported, batch), _logits(live.model, batch),
+                      terms=forward_terms(live.model, batch) + HEAD_TERMS)
+
+    main(["--run", str(tmp_path / "lsr"), "--format", "lora", "--rank", "4", "--out", str(tmp_path / "r4")])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r4" / "export_report.json").read_text())
+    assert "rank 4 SVD, below the exact rank 20 (t·r² = 5·2²; omit --rank for it)" in out, out
+    assert f"relative Frobenius error {report['relative_error']:.3e}" in out and report["relative_error"] > 0.05
+
+
+def test_export_lora_of_dora_needs_a_rank(tmp_path):
+    _saved(tmp_path / "dora", "dora", {"r": 4})
+    proc = cli("--run", str(tmp_path / "dora"), "--format", "lora", "--out", str(tmp_path / "x"),
+               module="lsr_adapt.export")
+    assert_one_line_error(proc, "--format lora needs --rank R", "no low-rank bound")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # a training run and the CLI (~40 s on 2 cores)
+def test_export_lora_of_a_trained_lsr_run_through_the_cli(tmp_path):
+    run_train(tmp_path / "run", *SMALL_RUN, "model=roberta_lsr", "model.lsr.num_terms=3")
+    cfg = json.loads((tmp_path / "run" / ADAPTER_CONFIG).read_text())
+    assert cfg["format"] == "lsr-adapt" and "peft_type" not in cfg  # LSR keeps lsr-adapt's layout
+    r = cfg["method_config"]["r"]
+    proc = cli("--run", str(tmp_path / "run"), "--format", "lora", "--out", str(tmp_path / "out"),
+               module="lsr_adapt.export")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exact = min(3 * r * r, 32)
+    assert f"rank {exact} SVD = the exact rank of its ΔW" in proc.stdout, proc.stdout
+    report = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    assert report["relative_error"] <= exact * EPS32  # float32 rounding of the factors, as above
