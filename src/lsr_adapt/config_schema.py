@@ -72,6 +72,7 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "warmup_stable_decay")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SAMPLING = ("random", "group_by_length")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 NONFINITE = ("stop", "skip")
 ROLES = ("train", "validation", "test")
 
@@ -123,6 +124,7 @@ class TrainingSchema(BaseModel):
     seed: Integer = _f("must be an integer in [0, 2**32)", ge=0, lt=2**32)
     precision: Literal[PRECISIONS] = _f(_choices(PRECISIONS))  # type: ignore[valid-type]
     torch_compile: Bool = _f("must be true or false")
+    torch_compile_mode: Literal[COMPILE_MODES] = _f(_choices(COMPILE_MODES))  # type: ignore[valid-type]
     report_to: Text | None = _f("must be a tracker name (set it with the logger group: logger=...)")
     logging_steps: Integer = _f("must be an integer >= 1 (optimizer steps)", ge=1)
     dataloader_num_workers: Integer = _f("must be an integer >= 0", ge=0)
@@ -356,6 +358,9 @@ def validate_config(cfg: DictConfig) -> None:
             raise LsrAdaptError(f"the config has no {section} section; choose one, e.g. {section}=...")
     _check(RootSchema, values, "")
     _check(TrainingSchema, values["training"], "training")
+    if values["training"].get("torch_compile_mode", "default") != "default" and not values["training"].get("torch_compile"):
+        raise LsrAdaptError(f"training.torch_compile_mode={values['training']['torch_compile_mode']} compiles nothing "
+                            "with training.torch_compile=false; set training.torch_compile=true")
     _check_model(values["model"])
     _check_data(cfg.data, values["data"])
     if values.get("budget") is not None:

@@ -45,6 +45,8 @@ def training_arguments(cfg, out_dir: Path, model, precision: dict, report_to, ex
         bf16=precision["bf16"],
         fp16=precision["fp16"],
         torch_compile=bool(tcfg.get("torch_compile", False)),
+        # reduce-overhead: CUDA graphs (the step's launches replayed as one), docs/benchmarks.md
+        torch_compile_mode=str(tcfg.get("torch_compile_mode") or "default") if tcfg.get("torch_compile") else None,
         dataloader_num_workers=int(tcfg.get("dataloader_num_workers", 0)),
         **sampling_args(tcfg),
         **fsdp_args(tcfg, model),
