@@ -57,7 +57,7 @@ def test_readme_commands_compose(command):
 
 def test_defaults_follow_the_lora_recipe():
     cfg = compose()
-    assert cfg.model.name_or_path == "roberta-base"
+    assert cfg.model.name_or_path == "FacebookAI/roberta-base"
     assert cfg.model.target_modules is None  # RoBERTa's default: q and v (the one source of it)
     from lsr_adapt.adapters import DEFAULT_TARGET_MODULES
 

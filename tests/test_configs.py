@@ -53,14 +53,14 @@ def test_task_configs_never_inherit_from_another_task():
 
 
 @pytest.mark.parametrize(("task", "expected"), [
-    ("mrpc", dict(path="glue", subset="mrpc", text_fields=["sentence1", "sentence2"], metrics=["accuracy", "f1"],
+    ("mrpc", dict(path="nyu-mll/glue", subset="mrpc", text_fields=["sentence1", "sentence2"], metrics=["accuracy", "f1"],
                   lr=4e-4, max_length=512, num_labels=2, label_field="label")),
-    ("sst2", dict(path="glue", subset="sst2", text_fields=["sentence"], metrics=["accuracy"], lr=5e-4, max_length=512)),
-    ("stsb", dict(path="glue", task_type="regression", num_labels=1, text_fields=["sentence1", "sentence2"],
+    ("sst2", dict(path="nyu-mll/glue", subset="sst2", text_fields=["sentence"], metrics=["accuracy"], lr=5e-4, max_length=512)),
+    ("stsb", dict(path="nyu-mll/glue", task_type="regression", num_labels=1, text_fields=["sentence1", "sentence2"],
                   metric="pearson")),
-    ("mnli", dict(path="glue", num_labels=3, extra_eval_splits=["validation_mismatched"],
+    ("mnli", dict(path="nyu-mll/glue", num_labels=3, extra_eval_splits=["validation_mismatched"],
                   splits={"train": "train", "validation": "validation_matched", "test": "test_matched"})),
-    ("imdb", dict(path="imdb", subset=None, text_fields=["text"], max_length=512, max_train_samples=10000,
+    ("imdb", dict(path="stanfordnlp/imdb", subset=None, text_fields=["text"], max_length=512, max_train_samples=10000,
                   sample_seed=42, lr=5e-4)),
     ("drug_reviews", dict(path=None, asset="drug_reviews", label_field="rating", num_labels=2,
                           label_names=["negative", "positive"], metrics=["accuracy", "f1", "macro_f1"], lr=1e-3,
@@ -81,7 +81,7 @@ def test_minilm_models_are_the_methods_own_defaults():
     for method in ("lora", "dora", "dylora", "lora_fa", "lora_plus", "lsr", "lsr_plus"):
         minilm, roberta = compose(f"model=minilm_{method}").model, compose(f"model=roberta_{method}").model
         assert minilm[method] == roberta[method], method
-        assert minilm.name_or_path == "all-MiniLM-L6-v2" and minilm.pooling == "cls"
+        assert minilm.name_or_path == "sentence-transformers/all-MiniLM-L6-v2" and minilm.pooling == "cls"
     assert compose("model=minilm_lora").model.lora.alpha == 8
     assert compose("model=minilm_lsr").model.lsr.num_terms == 16
     # the demo's settings on any run, by name
@@ -111,7 +111,7 @@ def test_demo_jobs_compose_to_the_measured_settings(experiment, models, seeds, e
         for seed in seeds:
             cfg = compose(f"experiment={experiment}", f"model={model}", f"training.seed={seed}")
             m = cfg.model
-            assert m.name_or_path == "all-MiniLM-L6-v2"
+            assert m.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
             assert m.adaptation_type == model.removeprefix("minilm_") and m.pooling == "cls"
             section = m.get(m.adaptation_type)
             section = OmegaConf.to_container(section) if section is not None else {}

@@ -30,7 +30,7 @@ def test_the_sweep_is_every_point_times_five_seeds():
 def test_each_point_composes_at_demo_full_settings(point, minilm_shapes):
     cfg = compose("experiment=frontier", f"model={point}", "training.seed=3")
     m = cfg.model
-    assert m.name_or_path == "all-MiniLM-L6-v2" and m.asset == "minilm" and m.pooling == "cls"
+    assert m.name_or_path == "sentence-transformers/all-MiniLM-L6-v2" and m.asset == "minilm" and m.pooling == "cls"
     assert cfg.data.name == "drug_reviews" and cfg.data.max_length == 256
     assert cfg.training.num_train_epochs == 15 and cfg.training.sampling == "group_by_length"
     assert cfg.training.learning_rate == pytest.approx(1e-3) and cfg.training.seed == 3

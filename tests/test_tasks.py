@@ -47,7 +47,7 @@ def test_text_classification_configs_compose(name):
     d = cfg.data
     assert d.name == name
     if name in GLUE:
-        assert (d.path, d.subset) == ("glue", name)
+        assert (d.path, d.subset) == ("nyu-mll/glue", name)
         assert d.metric == GLUE[name][0] and set(GLUE[name]) <= set(d.metrics)
     check_metric_names([d.metric, *d.metrics])
     assert task_type_of(d) == ("regression" if name == "stsb" else "classification")
@@ -62,14 +62,14 @@ def test_mnli_and_imdb_splits():
     assert mnli.splits.validation == "validation_matched"
     assert list(mnli.extra_eval_splits) == ["validation_mismatched"]
     imdb = compose("data=imdb").data
-    assert (imdb.path, imdb.splits.train, imdb.splits.validation, imdb.splits.test) == ("imdb", "train", "test", None)
+    assert (imdb.path, imdb.splits.train, imdb.splits.validation, imdb.splits.test) == ("stanfordnlp/imdb", "train", "test", None)
     assert (imdb.max_train_samples, imdb.max_eval_samples, imdb.sample_seed) == (10000, 1000, 42)
 
 
 def test_distilbert_configs():
     for model, method in [("distilbert_lora", "lora"), ("distilbert_head", "head")]:
         m = compose(f"model={model}").model
-        assert m.name_or_path == "distilbert-base-uncased-finetuned-sst-2-english"
+        assert m.name_or_path == "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
         assert (m.family, m.target_modules, m.adaptation_type) == ("distilbert", None, method)
     # null: the architecture's default, the one source of it
     from lsr_adapt.adapters import DEFAULT_TARGET_MODULES

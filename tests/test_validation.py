@@ -175,7 +175,7 @@ def test_unreachable_hub_through_the_loaders(monkeypatch):
     monkeypatch.setattr(hub, "_probed", {})
     with pytest.raises(LsrAdaptError, match="cannot load model 'no-such/model': the Hugging Face Hub"):
         load_classifier("no-such/model", 2)
-    with pytest.raises(LsrAdaptError, match=r"cannot load dataset 'glue': the Hugging Face Hub .*HF_HUB_OFFLINE=1"):
+    with pytest.raises(LsrAdaptError, match=r"cannot load dataset 'nyu-mll/glue': the Hugging Face Hub .*HF_HUB_OFFLINE=1"):
         load_raw(compose().data)
 
 
@@ -214,7 +214,7 @@ def test_cli_without_hub_fails_within_seconds_saying_what_to_do(tmp_path):
                            f"hydra.run.dir={run_dir}", "training.report_to=none"], cwd=tmp_path,
                           env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - t0
-    line = assert_one_line_error(proc, "cannot load model 'roberta-base'", "cannot be reached",
+    line = assert_one_line_error(proc, "cannot load model 'FacebookAI/roberta-base'", "cannot be reached",
                                  "HF_HUB_OFFLINE=1", "experiment=smoke", "experiment=demo", run_dir=run_dir)
     assert elapsed < 30, (elapsed, line)  # process start and imports included (53 s of retries before)
 

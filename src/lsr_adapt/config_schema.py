@@ -32,6 +32,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .adapters import get_method
 from .errors import LsrAdaptError, first_line
+from .hub import check_hub_id
 from .metrics import check_metric_names
 from .tasks import task_type_of
 
@@ -371,6 +372,8 @@ def validate_config(cfg: DictConfig) -> None:
 
 def _check_model(model: Mapping) -> None:
     _check(ModelSchema, model, "model")
+    if not model.get("tiny") and not model.get("asset") and model.get("name_or_path") is not None:
+        check_hub_id(model["name_or_path"], "model.name_or_path")  # loaded from there: a hub id today's hub accepts
     name = str(model["adaptation_type"]) if model.get("adaptation_type") is not None else ""
     method = get_method(name)  # unknown: "unknown adaptation_type 'x'; valid choices: ..."
     section = model.get(name)
@@ -386,6 +389,9 @@ def _check_model(model: Mapping) -> None:
 def _check_data(data_cfg: DictConfig, data: Mapping) -> None:
     _check(DataSchema, data, "data")
     task = task_type_of(data_cfg)  # data.task_type and its num_labels
+    if task != "gw" and data.get("path") is not None and not (data.get("synthetic") or data.get("asset")
+                                                              or data.get("data_files")):
+        check_hub_id(data["path"], "data.path", "dataset")  # load_dataset(path): 'glue' fails inside datasets
     if task != "gw":  # the GW task knows metrics of its own (roc_auc, ...) and checks them itself
         check_metric_names(list(data.get("metrics") or []) + [data.get("metric")])
     names = data.get("label_names")

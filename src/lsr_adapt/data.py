@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import LsrAdaptError, first_line
-from .hub import hub_error, require_hub
+from .hub import check_hub_id, hub_error, require_hub
 from .metrics import check_metric_names
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def load_raw(data_cfg):
     if local.suffix.lower() in FILE_FORMATS:
         raise LsrAdaptError(f"data.path {path} does not exist")
     what = f"dataset {path}" + (f" ({_get(data_cfg, 'subset')})" if _get(data_cfg, "subset") else "")
+    check_hub_id(path, "data.path", "dataset")  # 'glue': one line naming nyu-mll/glue, not datasets' HfUriError
     require_hub(path, "dataset")  # an unreachable hub: one line at once, not a minute of retries
     try:
         raw = load_dataset(path, _get(data_cfg, "subset"))

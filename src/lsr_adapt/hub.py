@@ -9,7 +9,10 @@ they cannot connect. ``require_hub(name, what)`` is called just before them:
   at once with one line saying how to run offline.
 
 ``hub_error(name, what, exc)`` turns the failure of a load under ``HF_HUB_OFFLINE=1`` (a name that is
-not in the local cache) into the same line. Bottom layer: imports only ``errors``, the standard
+not in the local cache) into the same line. ``check_hub_id(name, key)`` refuses, before anything
+loads, a hub id that today's libraries no longer accept: huggingface_hub >= 1.x resolves repo files
+through ``hf://`` paths that must be ``namespace/name`` (``glue`` fails deep inside ``datasets`` with
+``HfUriError``), so a single-segment id is one line naming its canonical form. Bottom layer: imports only ``errors``, the standard
 library and huggingface_hub.
 """
 
@@ -104,6 +107,55 @@ def hub_unreachable(timeout: float = TIMEOUT_S) -> str | None:
         if address not in _probed:
             _probed[address] = _connect(address, timeout)
         return _probed[address]
+
+
+# Single-segment ids the hub moved under an organisation (the hub's own redirects), for the error line.
+KNOWN_RENAMES = {
+    # datasets
+    "glue": "nyu-mll/glue", "imdb": "stanfordnlp/imdb", "wikitext": "Salesforce/wikitext",
+    "super_glue": "aps/super_glue", "squad": "rajpurkar/squad", "sst2": "stanfordnlp/sst2",
+    "ag_news": "fancyzhx/ag_news", "rotten_tomatoes": "cornell-movie-review-data/rotten_tomatoes",
+    # models
+    "roberta-base": "FacebookAI/roberta-base", "roberta-large": "FacebookAI/roberta-large",
+    "bert-base-uncased": "google-bert/bert-base-uncased", "bert-base-cased": "google-bert/bert-base-cased",
+    "bert-large-uncased": "google-bert/bert-large-uncased",
+    "distilbert-base-uncased": "distilbert/distilbert-base-uncased",
+    "distilbert-base-uncased-finetuned-sst-2-english": "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+    "gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2", "t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base",
+    "whisper-small": "openai/whisper-small", "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "SmolLM2-135M": "HuggingFaceTB/SmolLM2-135M", "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+
+# files a name may point at directly (a GGUF checkpoint, a data file): their loaders report a missing one
+FILE_SUFFIXES = {".gguf", ".safetensors", ".bin", ".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt"}
+
+
+def check_hub_id(name: str, key: str, repo_type: str = "model") -> None:
+    """Raise ``LsrAdaptError`` (one line naming ``key``) when ``name`` is neither a local path nor a
+    hub id huggingface_hub accepts (``parse_hf_uri``: ``namespace/name``; ``validate_repo_id``)."""
+    name = str(name)
+    if is_local(name) or name.startswith(("/", ".", "~")) or Path(name).suffix.lower() in FILE_SUFFIXES:
+        return  # a path: its loader says when it is missing
+    if "/" not in name:
+        known = KNOWN_RENAMES.get(name)
+        hint = f"use {key}={known}" if known else (f"give the hub id as namespace/name (e.g. {key}=org/{name}) "
+                                                   f"or a local path")
+        raise LsrAdaptError(f"{key}={name!r}: a single-segment hub id, which the Hugging Face libraries no "
+                            f"longer accept (ids must be 'namespace/name'); {hint}")
+    from huggingface_hub.utils import parse_hf_uri, validate_repo_id
+
+    prefix = "" if repo_type == "model" else f"{repo_type}s/"
+    try:
+        validate_repo_id(name)
+        parsed = parse_hf_uri(f"hf://{prefix}{name}")
+    except ValueError as e:  # HFValidationError, HfUriError
+        raise LsrAdaptError(f"{key}={name!r}: no such local path, and not a hub id ({first_line(e)}); give "
+                            f"an existing path or a hub id namespace/name") from None
+    if parsed.id != name or parsed.revision or parsed.path_in_repo:  # pragma: no cover - validate_repo_id's job
+        raise LsrAdaptError(f"{key}={name!r}: no such local path, and not a hub id namespace/name")
 
 
 def _describe(what: str, name: str) -> str:

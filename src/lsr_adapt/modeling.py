@@ -242,13 +242,13 @@ def _load_with_method(adaptation_type, name_or_path, num_labels, target_modules,
     return loaded.model, loaded.tokenizer
 
 
-def load_lora_model(name_or_path: str = "roberta-base", num_labels: int = 2, target_modules=None, **options):
+def load_lora_model(name_or_path: str = "FacebookAI/roberta-base", num_labels: int = 2, target_modules=None, **options):
     """Load a HF classifier + tokenizer, wrap ``target_modules`` with LoRA (``options``: ``LoRAConfig``
     fields, its defaults where not given), freeze the rest but the head."""
     return _load_with_method("lora", name_or_path, num_labels, target_modules, options)
 
 
-def load_lsr_model(name_or_path: str = "roberta-base", num_labels: int = 2, target_modules=None, **options):
+def load_lsr_model(name_or_path: str = "FacebookAI/roberta-base", num_labels: int = 2, target_modules=None, **options):
     """Load a HF classifier + tokenizer, wrap ``target_modules`` with LSR (``options``: ``LSRConfig``
     fields, its defaults where not given), freeze the rest but the head."""
     return _load_with_method("lsr", name_or_path, num_labels, target_modules, options)
