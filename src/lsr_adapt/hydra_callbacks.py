@@ -111,11 +111,16 @@ class RefuseBeforeWriting(Callback):
         except Exception:  # unreadable: not a sweep this command can continue
             before = None
         now = list(config.hydra.overrides.task)
-        if before != now:
-            fail(RunDirRefused(
-                f"hydra.sweep.dir={sweep_dir} holds another sweep (its multirun.yaml has overrides "
-                f"{before}, this command {now}); choose another hydra.sweep.dir, or rerun that sweep's "
-                f"command to continue it"))
+        if before == now:  # the same sweep again (e.g. after a pre-emption): it continues
+            from .sweep_status import CONTINUED_ENV
+
+            os.environ[CONTINUED_ENV] = "1"
+            log.info("continuing the sweep in %s: jobs that finished before are kept", sweep_dir)
+            return
+        fail(RunDirRefused(
+            f"hydra.sweep.dir={sweep_dir} holds another sweep (its multirun.yaml has overrides "
+            f"{before}, this command {now}); choose another hydra.sweep.dir, or rerun that sweep's "
+            f"command to continue it"))
 
 
 def _check_run(task: DictConfig, out_dir: Path) -> None:

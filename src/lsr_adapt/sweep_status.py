@@ -30,6 +30,9 @@ FAILED = "failed.json"
 # set by the launching process when a sweep starts; jobs inherit it (in-process, joblib workers,
 # submitit / Slurm environments), so the sweep's end counts its own failed.json, not an older sweep's
 SWEEP_ID_ENV = "LSR_ADAPT_SWEEP_ID"
+# set when a sweep is launched again into its own sweep dir (hydra_callbacks.RefuseBeforeWriting):
+# its jobs that finished in an earlier launch are kept as they are, not failed
+CONTINUED_ENV = "LSR_ADAPT_SWEEP_CONTINUED"
 
 
 def in_multirun() -> bool:
@@ -116,13 +119,18 @@ def run_job(fn, cfg, *args, refusal=_finished, **kwargs):
     Outside a multirun every exception propagates unchanged (the entry point's one-line error).
     In a multirun, any ``Exception`` (a user error or a crash) becomes ``failed.json`` in the job's
     directory and the launcher goes on; ``KeyboardInterrupt`` / ``SystemExit`` still stop the sweep.
-    A stale ``failed.json`` from an earlier attempt of the same job dir is removed when it starts.
+    A stale ``failed.json`` from an earlier attempt of the same job dir is removed when it starts. In
+    a sweep launched again with the same command (``CONTINUED_ENV``), a job that finished before is
+    kept as it is and its results returned.
     ``refusal(job_dir)``: why the job dir belongs to another run (finished, or locked by a live
     process), else None; such a dir is never written: the failure is kept in ``unrecorded``.
     """
     if not in_multirun():
         return fn(cfg, *args, **kwargs)
     job_dir = _job_dir(cfg)
+    if os.environ.get(CONTINUED_ENV) and (job_dir / "results.json").exists():
+        log.info("%s finished in an earlier launch of this sweep: kept as it is", job_dir)
+        return json.loads((job_dir / "results.json").read_text())
     ours = _is_rank0() and refusal(job_dir) is None
     if ours:
         (job_dir / FAILED).unlink(missing_ok=True)
