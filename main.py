@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lsr_adapt.cli import check_output_dirs, exit_on_user_error, flags_first
+from lsr_adapt.cli import check_output_dirs, exit_on_user_error, flags_first, open_section_overrides
 from lsr_adapt.config_schema import validate_config
 from lsr_adapt.distributed import hydra_overrides_for_rank, share_run_stamp
 from lsr_adapt.sweep_status import run_job
@@ -33,6 +33,6 @@ def validate_then_train(cfg: DictConfig) -> dict:
 
 if __name__ == "__main__":
     share_run_stamp()  # torchrun / accelerate launch: one run dir for every rank
-    sys.argv[1:] = hydra_overrides_for_rank(flags_first(sys.argv[1:]))
+    sys.argv[1:] = hydra_overrides_for_rank(open_section_overrides(flags_first(sys.argv[1:])))
     check_output_dirs(sys.argv[1:])
     main()

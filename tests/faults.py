@@ -101,3 +101,15 @@ class FillDisk(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if os.environ.get("LSR_TEST_FILL_DISK") == "end":
             self._fill(args)
+
+
+class RequireOptimizer(TrainerCallback):
+    """Fail the run unless the Trainer built an optimizer of class ``name`` (e.g. ``Adafactor``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        found = type(getattr(optimizer, "optimizer", optimizer)).__name__  # accelerate wraps it
+        if found != self.name:
+            raise AssertionError(f"the Trainer built {found}, not {self.name}")

@@ -58,6 +58,17 @@ def _why_not_creatable(path: Path) -> str | None:
     return None
 
 
+# Config mappings whose keys are the user's to add: ``training.args.optim=adafactor`` means "set it",
+# whether or not the composed config has the key yet (Hydra would ask for ``++``).
+OPEN_SECTIONS = ("training.args.",)
+
+
+def open_section_overrides(argv: list[str]) -> list[str]:
+    """``training.args.X=v`` → ``++training.args.X=v`` (add or override): a user names any
+    TrainingArguments field without Hydra's append syntax."""
+    return [f"++{a}" if a.startswith(OPEN_SECTIONS) and "=" in a else a for a in argv]
+
+
 def flags_first(argv: list[str]) -> list[str]:
     """Move Hydra's flags ahead of the overrides.
 

@@ -36,7 +36,7 @@ from .hub import check_hub_id
 from .metrics import check_metric_names
 from .tasks import task_type_of
 
-__all__ = ["METHOD_FIELDS", "SCHEMAS", "missing_values", "validate_config"]
+__all__ = ["MANAGED_TRAINER_ARGS", "METHOD_FIELDS", "SCHEMAS", "check_trainer_args", "missing_values", "validate_config"]
 
 
 # -- field types ----------------------------------------------------------------------------------
@@ -141,6 +141,81 @@ class TrainingSchema(BaseModel):
     fsdp: Annotated[Bool, BeforeValidator(_bool_or_word)] = _f("valid choices: true, false")
     disable_dropout: Bool = _f("must be true or false")
     callbacks: Annotated[Any, BeforeValidator(_callbacks)] = _f("must be a list of {_target_: package.Class, ...} entries (transformers TrainerCallbacks)")
+    args: Mapping[str, Any] | None = _f("must be a mapping of transformers TrainingArguments fields "
+                                         "(training.args.optim=adafactor)")
+
+
+# -- training.args: any other TrainingArguments field -------------------------------------------------
+# TrainingArguments fields that lsr-adapt sets from its own keys (training/arguments.py): given in
+# training.args they would be overwritten or fight them, so each names the key that sets it.
+MANAGED_TRAINER_ARGS = {
+    "output_dir": "output_dir / hydra.run.dir", "num_train_epochs": "training.num_train_epochs",
+    "per_device_train_batch_size": "training.batch_size", "per_device_eval_batch_size": "training.eval_batch_size",
+    "gradient_accumulation_steps": "training.gradient_accumulation_steps",
+    "learning_rate": "training.learning_rate", "weight_decay": "training.weight_decay",
+    "warmup_ratio": "training.warmup_ratio", "warmup_steps": "training.warmup_ratio",
+    "lr_scheduler_type": "training.lr_scheduler", "max_grad_norm": "training.max_grad_norm",
+    "save_strategy": "training.checkpoint_every", "save_steps": "training.checkpoint_every",
+    "logging_steps": "training.logging_steps", "report_to": "training.report_to / the logger group",
+    "seed": "training.seed", "data_seed": "training.seed", "bf16": "training.precision", "fp16": "training.precision",
+    "torch_compile": "training.torch_compile", "torch_compile_mode": "training.torch_compile_mode",
+    "dataloader_num_workers": "training.dataloader_num_workers", "group_by_length": "training.sampling",
+    "train_sampling_strategy": "training.sampling", "fsdp": "training.fsdp", "fsdp_config": "training.fsdp",
+    "gradient_checkpointing": "training.gradient_checkpointing",
+    "ddp_find_unused_parameters": "training.ddp_find_unused_parameters", "use_cpu": "the machine (no GPU: CPU)",
+    "load_best_model_at_end": "lsr-adapt itself: it always puts the best epoch's weights back (data.metric picks it)",
+}
+
+
+def check_trainer_args(args: Mapping | None, metric_names: list[str]) -> None:
+    """``training.args``: each key a ``TrainingArguments`` field lsr-adapt does not set itself, each
+    value of the field's type (an enum-valued field: one of its choices). Imports transformers'
+    training arguments (seconds) only when there is something to check."""
+    if not args:
+        return
+    import dataclasses
+    import difflib
+    import enum
+    import typing
+
+    from pydantic import TypeAdapter
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    hints = typing.get_type_hints(TrainingArguments)
+    for key, value in args.items():
+        where = f"training.args.{key}={_show(value)}"
+        if key in MANAGED_TRAINER_ARGS:
+            raise LsrAdaptError(f"{where}: lsr-adapt sets {key} from {MANAGED_TRAINER_ARGS[key]}; use that instead")
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            raise LsrAdaptError(f"unknown key training.args.{key}: not a transformers TrainingArguments field"
+                                + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        hint = hints.get(key)
+        options = typing.get_args(hint) or (hint,)
+        enums = [t for t in options if isinstance(t, type) and issubclass(t, enum.Enum)]
+        if enums and isinstance(value, str):
+            choices = [e.value for t in enums for e in t]
+            if value not in choices:
+                raise LsrAdaptError(f"{where}; valid choices: {', '.join(map(str, choices))}")
+            continue
+        try:
+            TypeAdapter(hint).validate_python(value, strict=isinstance(value, bool) or hint in (int, float))
+        except ValidationError:
+            raise LsrAdaptError(f"{where}: must be {_type_words(hint)} (TrainingArguments.{key})") from None
+        except Exception:  # a hint pydantic cannot build a validator for: TrainingArguments checks it
+            pass
+    best = args.get("metric_for_best_model")
+    if best is not None and str(best).removeprefix("eval_") not in [*metric_names, "loss"]:
+        raise LsrAdaptError(f"training.args.metric_for_best_model={best}: not a metric this run evaluates; "
+                            f"valid choices: {', '.join([*metric_names, 'loss'])}")
+
+
+def _type_words(hint) -> str:
+    import typing
+
+    names = [getattr(t, "__name__", str(t)) for t in (typing.get_args(hint) or (hint,))]
+    return " or ".join("null" if n == "NoneType" else f"a {n}" for n in names)
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -366,6 +441,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check_data(cfg.data, values["data"])
     if values.get("budget") is not None:
         if not isinstance(values["budget"], Mapping):
+    check_trainer_args(values["training"].get("args"),
+                       list(dict.fromkeys([values["data"].get("metric"), *(values["data"].get("metrics") or [])])))
             raise LsrAdaptError(f"budget={_show(values['budget'])}: must be a mapping (budget.params, budget.lsr_free)")
         _check(BudgetSchema, values["budget"], "budget")
 

@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from transformers import TrainingArguments
 
 from ..distributed import world_size
 from ..errors import LsrAdaptError, first_line
+from ..metrics import higher_is_better
 from . import compat
 
 log = logging.getLogger(__name__)
@@ -20,11 +22,13 @@ SAMPLING = ("random", "group_by_length")
 
 def training_arguments(cfg, out_dir: Path, model, precision: dict, report_to, extra: dict) -> TrainingArguments:
     """The Trainer's arguments for this run; ``extra``: what the task and the method add (e.g. a
-    paged optimizer, the GW task's second label)."""
+    paged optimizer, the GW task's second label); ``training.args``: any other TrainingArguments
+    field the user sets (checked by ``config_schema.check_trainer_args``), applied last."""
     tcfg = cfg.training
     per_device, accumulation = per_device_batch(tcfg)
     seed = int(tcfg.seed)
-    return TrainingArguments(
+    metric = str(cfg.data.metric)
+    own = dict(
         output_dir=str(out_dir),
         num_train_epochs=float(tcfg.num_train_epochs),
         per_device_train_batch_size=per_device,
@@ -56,8 +60,14 @@ def training_arguments(cfg, out_dir: Path, model, precision: dict, report_to, ex
         # slicing them), so DDP need not search the graph for unused ones
         ddp_find_unused_parameters=bool(tcfg.get("ddp_find_unused_parameters", False)),
         **compat.checkpointing_args(bool(tcfg.get("gradient_checkpointing", False))),
-        **extra,
+        # the metric that picks the best epoch, for what reads the Trainer's own (EarlyStoppingCallback)
+        metric_for_best_model=metric,
+        greater_is_better=higher_is_better(metric),
     )
+    user = OmegaConf.to_container(tcfg.args, resolve=True) if tcfg.get("args") else {}
+    if "metric_for_best_model" in user and "greater_is_better" not in user:
+        user["greater_is_better"] = higher_is_better(str(user["metric_for_best_model"]).removeprefix("eval_"))
+    return TrainingArguments(**{**own, **extra, **user})
 
 
 def precision_of(name: str) -> dict:

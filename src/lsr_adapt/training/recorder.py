@@ -41,7 +41,8 @@ class EpochRecorder(TrainerCallback):
             return
         losses = [h["loss"] for h in state.log_history if "loss" in h]
         entry = {k.removeprefix("eval_"): v for k, v in metrics.items() if k.removeprefix("eval_") not in _NOT_METRICS}
-        entry.update({"epoch": int(round(state.epoch or 0)), "step": state.global_step,
+        # the epoch this evaluation closes, or (training.args.max_steps / eval_steps) falls in
+        entry.update({"epoch": math.ceil((state.epoch or 0) - 1e-6), "step": state.global_step,
                       "elapsed_s": round(self.elapsed_before + time.perf_counter() - self.t0, 3),
                       "train_loss": losses[-1] if losses else None})
         self.history.append(entry)
