@@ -224,8 +224,28 @@ def apply_budget(loaded, adaptation_type: str, method_values: dict, target_modul
     shapes = target_shapes(loaded.model, target_modules, exclude)
     free = list(budget_cfg.get("lsr_free") or ["num_terms"])
     match = match_budget(adaptation_type, shapes, budget_cfg.get("params"), method_values, free)
+    check_tolerance(match, budget_cfg)
     log.info("budget.params=%d over %d layers: %s", match.budget, len(shapes), match.describe())
     return match.values
+
+
+DEFAULT_TOLERANCE = 0.25  # conf/config.yaml's budget.tolerance (for budget configs written without it)
+
+
+def check_tolerance(match: Match, budget_cfg) -> None:
+    """A pick that misses the budget by more than ``budget.tolerance`` (a fraction) is an error naming
+    both sizes, unless ``budget.allow_nearest=true``: then it trains, with a warning line."""
+    tolerance = budget_cfg.get("tolerance")
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
+    if abs(match.rel_error) <= tolerance:
+        return
+    if budget_cfg.get("allow_nearest"):
+        log.warning("budget.params=%d: the nearest %s misses it by %+.1f%% (beyond budget.tolerance=%g; "
+                    "budget.allow_nearest=true)", match.budget, match.describe(), 100 * match.rel_error, tolerance)
+        return
+    raise LsrAdaptError(f"budget.params={match.budget}: the nearest {match.describe()}, off by more than "
+                        f"budget.tolerance={tolerance:g} ({100 * tolerance:g}%); choose a budget near a size the "
+                        f"method has, or set budget.allow_nearest=true to train that size anyway")
 
 
 # -- command line ----------------------------------------------------------------------------------

@@ -344,6 +344,8 @@ class BudgetSchema(BaseModel):
 
     params: PositiveInt | None = _f("must be an integer >= 1 (adapter parameters), or null")
     lsr_free: list[Literal["r", "num_terms", "factors"]] = _f("must be a non-empty list of: r, num_terms, factors", min_length=1)
+    tolerance: Number = _f("must be a number > 0 (the largest |size - budget| / budget accepted)", gt=0)
+    allow_nearest: Bool = _f("must be true or false (true: train the nearest size even beyond budget.tolerance)")
 
 
 class RootSchema(BaseModel):
@@ -439,10 +441,10 @@ def validate_config(cfg: DictConfig) -> None:
                             "with training.torch_compile=false; set training.torch_compile=true")
     _check_model(values["model"])
     _check_data(cfg.data, values["data"])
-    if values.get("budget") is not None:
-        if not isinstance(values["budget"], Mapping):
     check_trainer_args(values["training"].get("args"),
                        list(dict.fromkeys([values["data"].get("metric"), *(values["data"].get("metrics") or [])])))
+    if values.get("budget") is not None:
+        if not isinstance(values["budget"], Mapping):
             raise LsrAdaptError(f"budget={_show(values['budget'])}: must be a mapping (budget.params, budget.lsr_free)")
         _check(BudgetSchema, values["budget"], "budget")
 

@@ -149,6 +149,10 @@ def load_raw(data_cfg):
             raise LsrAdaptError(f"data.path {path} holds no dataset_dict.json and no files named "
                                 f"{sorted(set(filter(None, splits.values())))} with extension {', '.join(FILE_FORMATS)}")
         return _load_files(files, _encoding(data_cfg)), splits
+    if local.is_file():  # a data file where a directory belongs: say what data.path takes, and the key for files
+        raise LsrAdaptError(f"data.path {path} is a file; data.path must be a directory (a save_to_disk dir, or "
+                            f"one holding train/validation/test files) or a hub dataset id; for single files use "
+                            f"data.data_files={{train: {path}, validation: FILE}}")
     if local.suffix.lower() in FILE_FORMATS:
         raise LsrAdaptError(f"data.path {path} does not exist")
     what = f"dataset {path}" + (f" ({_get(data_cfg, 'subset')})" if _get(data_cfg, "subset") else "")
@@ -233,6 +237,9 @@ def _encode_labels(ds, data_cfg, where: str = "dataset"):
         return ds.cast_column(field, Value("float32"))
     names = _get(data_cfg, "label_names")
     dtype = ds.features[field].dtype if hasattr(ds.features[field], "dtype") else None
+    if dtype == "bool" or (dtype in ("string", "large_string") and not names and values
+                           and all(isinstance(v, str) and v.strip().lower() in ("true", "false") for v in values)):
+        return _encode_bool_labels(ds, data_cfg, values, where, drop)
     if dtype in ("string", "large_string"):
         if not names:
             raise LsrAdaptError(f"labels in column {field!r} are strings; set data.label_names to their order")
@@ -265,6 +272,30 @@ def _encode_labels(ds, data_cfg, where: str = "dataset"):
     if dtype is None and names:  # e.g. a ClassLabel column from the hub: ids already, names known
         return ds
     return ds
+
+
+def _encode_bool_labels(ds, data_cfg, values: list, where: str, drop: bool):
+    """Labels written true/false (TRUE/FALSE in a CSV, JSON booleans) as class ids: false = 0,
+    true = 1, or by ``data.label_names`` when those are the two words false/true in some order.
+    Only a binary task can take them."""
+    from datasets import Value
+
+    field, num_labels = data_cfg.label_field, int(data_cfg.num_labels)
+    if num_labels != 2:
+        raise LsrAdaptError(f"{where}: labels in column {field!r} are true/false, which needs data.num_labels=2, "
+                            f"not {num_labels}")
+    names = [str(n).strip().lower() for n in (_get(data_cfg, "label_names") or [])]
+    order = names if sorted(names) == ["false", "true"] else ["false", "true"]
+
+    def word(v):
+        return None if _is_missing(v) else str(v).strip().lower()
+
+    bad = [i for i, v in enumerate(values) if word(v) not in ("false", "true")]
+    if bad:
+        ds = _drop_or_refuse(ds, bad, drop, where, f"have no true/false label in column {field!r}")
+    ids = {w: order.index(w) for w in ("false", "true")}
+    return ds.map(lambda b: {"_label_id": [ids[word(v)] for v in b[field]]}, batched=True, remove_columns=[field],
+                  features=None).rename_column("_label_id", field).cast_column(field, Value("int64"))
 
 
 def _drop_or_refuse(ds, bad_rows: list[int], drop: bool, where: str, what: str, fix: str = "fix the file"):

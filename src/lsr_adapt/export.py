@@ -30,6 +30,7 @@ from .artifacts.peft_format import exact_lora_rank, peft_lokr, peft_lora, svd_lo
 from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError, choices_error
 from .iofiles import publish_dir, write_json
+from .outpaths import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,11 @@ def export(run_dir, fmt: str, out, rank: int | None = None, *, overwrite: bool =
         raise choices_error("export format", fmt, FORMATS)
     if rank is not None and fmt != "lora":
         raise LsrAdaptError(f"--rank applies to --format lora only, not {fmt!r}")
+    if rank is not None and rank < 1:
+        raise LsrAdaptError(f"--rank {rank}: must be an integer >= 1")
     out = Path(out)
+    # never into or over the run exported (nor any finished run), never replacing what export did not write
+    check_output_dir(out, "--out", sources=[run_dir], overwrite=overwrite, replaceable=REPORT)
     if out.exists() and not overwrite:
         raise LsrAdaptError(f"{out}: already exists; choose another output directory or pass --overwrite")
     if fmt != "merged" and saved_run(run_dir, base)[1].get("pooling") == "mean":  # before any model loads

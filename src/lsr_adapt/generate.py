@@ -13,6 +13,7 @@ comparison. Greedy decoding unless ``--temperature`` > 0.
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -20,6 +21,7 @@ from .adapters import merge_adapters, unmerge_adapters
 from .artifacts import LoadedRun, load_run, saved_run
 from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError
+from .modeling import local_config, position_limit
 
 
 def load_lm_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True, check_checksum: bool = True,
@@ -47,13 +49,18 @@ def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
 def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 40, merged: bool = False,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> str:
     """The prompt's continuation (new tokens only, decoded without special tokens)."""
-    if max_new_tokens < 1:
-        raise LsrAdaptError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise LsrAdaptError(f"need --temperature >= 0 and 0 < --top-p <= 1 (got {temperature}, {top_p})")
+    check_sampling(max_new_tokens, temperature, top_p, seed)
     model, tok = run.model, run.tokenizer
     device = next(model.parameters()).device
     ids = prompt_ids(tok, prompt).to(device)
+    if ids.shape[1] == 0:
+        raise LsrAdaptError(f"--prompt {prompt!r}: gives no tokens (and the tokenizer adds no BOS); give some text")
+    limit = position_limit(model.config)
+    if limit is not None and ids.shape[1] + max_new_tokens > limit:
+        raise LsrAdaptError(f"--max-new-tokens {max_new_tokens}: the prompt's {ids.shape[1]} tokens plus "
+                            f"{max_new_tokens} new ones exceed the model's {limit} positions; use "
+                            f"--max-new-tokens {max(limit - ids.shape[1], 0)} or less"
+                            + (" (or a shorter prompt)" if ids.shape[1] >= limit else ""))
     sample = temperature > 0
     kwargs = dict(do_sample=sample, temperature=temperature, top_p=top_p) if sample else dict(do_sample=False)
     torch.manual_seed(seed)
@@ -68,7 +75,34 @@ def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 40, merged: bool
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+MAX_SEED = 2**32  # numpy's and CUDA's generators take seeds below this
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float, seed: int = 0) -> None:
+    """The decoding options, each one line naming the value and what is allowed (nan is not a number
+    in range: every comparison with it is false, so the checks are written to fail for it)."""
+    if not max_new_tokens >= 1:
+        raise LsrAdaptError(f"--max-new-tokens {max_new_tokens}: must be an integer >= 1")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise LsrAdaptError(f"--temperature {temperature}: must be a finite number >= 0 (0 = greedy)")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise LsrAdaptError(f"--top-p {top_p}: must be a number in (0, 1]")
+    if top_p != 1 and temperature == 0:
+        raise LsrAdaptError(f"--top-p {top_p}: applies to sampling only; set --temperature > 0 too (0 = greedy)")
+    if not 0 <= seed < MAX_SEED:
+        raise LsrAdaptError(f"--seed {seed}: must be an integer in [0, 2**32)")
+
+
 def run_cli(args) -> None:
+    check_sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    if args.merged and args.no_adapter:
+        raise LsrAdaptError("--merged and --no-adapter exclude each other (--no-adapter: the base model alone)")
+    base = saved_run(args.run, args.base)[3]
+    config = local_config(base)  # the position limit from config.json, before the weights load
+    limit = None if config is None else position_limit(config)
+    if limit is not None and args.max_new_tokens >= limit:
+        raise LsrAdaptError(f"--max-new-tokens {args.max_new_tokens}: the model takes {limit} positions in all, "
+                            f"prompt included; use fewer")
     run = load_lm_run(args.run, **run_loading_kwargs(args), device=args.device, adapter=not args.no_adapter)
     for prompt in args.prompt:
         text = generate(run, prompt, args.max_new_tokens, merged=args.merged, temperature=args.temperature,

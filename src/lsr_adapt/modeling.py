@@ -27,20 +27,118 @@ class LoadedModel:
     frozen_output_modules: list[str] | None = None
 
 
+# What a local model dir must hold for AutoTokenizer to build a real vocabulary (any one entry):
+# without them transformers still builds a tokenizer from config.json, one with no vocabulary that
+# turns every text into its special tokens alone (<s></s>), and training "succeeds" on nothing.
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("vocab.txt",), ("spiece.model",),
+                   ("sentencepiece.bpe.model",), ("tokenizer.model",), ("vocab.model",), ("spm.model",),
+                   ("source.spm",), ("vocab.json",), ("tokenizer.tiktoken",))
+
+
+def check_tokenizer_files(name_or_path: str) -> None:
+    """A local model dir that holds no tokenizer files is one line naming what it lacks."""
+    from pathlib import Path
+
+    local = Path(str(name_or_path)).expanduser()
+    if not local.is_dir():
+        return
+    if any(all((local / f).is_file() for f in group) for group in TOKENIZER_FILES):
+        return
+    wanted = ", ".join(" + ".join(g) for g in TOKENIZER_FILES[:4])
+    raise LsrAdaptError(f"model dir {local} holds no tokenizer files (looked for {wanted}, ...); copy the "
+                        f"tokenizer files of the checkpoint into it (tokenizer.save_pretrained({str(local)!r}))")
+
+
+def check_tokenizer_works(tok, name_or_path: str) -> None:
+    """The tokenizer has a vocabulary beyond its special tokens (built from config.json alone, it
+    has only those, and every text becomes <s></s>)."""
+    special = set(getattr(tok, "all_special_tokens", []) or [])
+    if len(tok) <= len(special):
+        raise LsrAdaptError(f"the tokenizer of {name_or_path!r} has no vocabulary ({len(tok)} tokens, all special: "
+                            f"every text would become {''.join(sorted(special)[:2])}); give a model dir with its "
+                            f"tokenizer files")
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     from .hub import hub_error, require_hub
 
+    check_tokenizer_files(name_or_path)
     try:
         require_hub(name_or_path, "model")  # an unreachable hub: one line at once, not a minute of retries
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise hub_error(name_or_path, "model", e) or LsrAdaptError(
             f"cannot load the tokenizer of {name_or_path!r}: {first_line(e)}") from None
+    check_tokenizer_works(tok, name_or_path)
     if tok.pad_token is None:  # GPT-2 / Llama style tokenizers ship without one
         tok.pad_token = tok.eos_token
     return tok
+
+
+# Model types whose position ids start after the padding index (fairseq style): the first usable
+# position is pad_token_id + 1, so RoBERTa-base's 514 position embeddings take 512 tokens.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                     "data2vec-text", "ibert", "mpnet", "longformer", "luke", "markuplm", "esm"}
+
+
+def position_limit(config) -> int | None:
+    """The most tokens a model with learned absolute positions takes (an index error beyond it), or
+    None for positions that extrapolate (RoPE, relative buckets) or an unknown layout."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if rope or getattr(config, "rope_theta", None) is not None:
+        return None  # rotary positions: no embedding table to index past
+    if getattr(config, "model_type", None) == "deberta-v2" and not getattr(config, "position_biased_input", True):
+        return None
+    for attr in ("n_positions", "max_position_embeddings"):
+        n = getattr(config, attr, None)
+        if isinstance(n, int) and n > 0:
+            if attr == "max_position_embeddings" and getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+                pad = getattr(config, "pad_token_id", None)
+                return n - ((pad if isinstance(pad, int) and pad >= 0 else 1) + 1)
+            return n
+    return None
+
+
+def check_max_length(config, max_length, key: str = "data.max_length") -> None:
+    """``max_length`` tokens fit the model's positions (``position_limit``), else one line naming both."""
+    if max_length is None:
+        return
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise LsrAdaptError(f"{key}={max_length!r}: must be an integer >= 1 (tokens)")
+    limit = position_limit(config)
+    if limit is not None and max_length > limit:
+        where = (f"max_position_embeddings {config.max_position_embeddings} minus the padding offset "
+                 f"{config.max_position_embeddings - limit}"
+                 if getattr(config, "model_type", None) in _OFFSET_POSITIONS else "its position embeddings")
+        raise LsrAdaptError(f"{key}={max_length}: more tokens than the model takes ({limit}: {where}); "
+                            f"set {key}={limit} or less")
+
+
+def local_config(name_or_path: str):
+    """A local checkpoint's config (config.json alone, no weights), or None (a hub id, no config.json,
+    or one that does not parse: the model load that follows reports that in its own words)."""
+    import json
+    from pathlib import Path
+
+    cfg_file = Path(str(name_or_path)).expanduser() / "config.json"
+    if not cfg_file.is_file():
+        return None
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(cfg_file.parent))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+
+
+def check_max_length_before_loading(name_or_path: str, max_length, key: str = "data.max_length") -> None:
+    """``check_max_length`` on a checkpoint's config.json alone (local dir), before any weights load;
+    a hub id is checked after loading (its config needs the hub)."""
+    config = None if max_length is None else local_config(name_or_path)
+    if config is not None:
+        check_max_length(config, max_length, key)
 
 
 def load_classifier(name_or_path: str, num_labels: int, dtype: str | None = None,

@@ -27,14 +27,25 @@ from .artifacts import LoadedRun, load_run
 from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
+from .modeling import check_max_length, position_limit
+from .outpaths import check_output_file
 
 log = logging.getLogger(__name__)
 
 
 def _max_length(run: LoadedRun) -> int:
     if run.run_config is not None and run.run_config.get("data", {}).get("max_length"):
-        return int(run.run_config.data.max_length)
-    return min(int(getattr(run.tokenizer, "model_max_length", 512) or 512), 512)
+        length = int(run.run_config.data.max_length)
+    else:
+        length = min(int(getattr(run.tokenizer, "model_max_length", 512) or 512), 512)
+    limit = position_limit(run.model.config)
+    if limit is not None and length > limit:
+        # a run trained with max_length above the model's positions (before training refused it)
+        # never saw a longer text: truncating there is all the model can take
+        log.warning("the run's data.max_length=%d exceeds the model's %d positions; truncating inputs to %d",
+                    length, limit, limit)
+        return limit
+    return length
 
 
 @torch.no_grad()
@@ -43,9 +54,10 @@ def predict_logits(run: LoadedRun, texts: list[str], pairs: list[str] | None = N
     """Raw logits (n × num_labels) for ``texts`` (and the second texts ``pairs``), in batches."""
     device = next(run.model.parameters()).device
     out = []
+    max_length = _max_length(run)
     for i in range(0, len(texts), batch_size):
         args = [texts[i:i + batch_size]] + ([pairs[i:i + batch_size]] if pairs is not None else [])
-        batch = run.tokenizer(*args, padding=True, truncation=True, max_length=_max_length(run), return_tensors="pt")
+        batch = run.tokenizer(*args, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         logits = run.model(**{k: v.to(device) for k, v in batch.items()}).logits
         out.append(logits.float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, run.num_labels), dtype=np.float32)
@@ -178,6 +190,8 @@ def evaluate_split(run: LoadedRun, split: str, data_overrides=(), batch_size: in
         # split depend on every split, so those keep them all)
         splits = {r: n for r, n in splits.items() if r in (role, "validation")}
     data_cfg.splits = splits
+    if data_cfg.get("max_length") is not None:  # e.g. --data max_length=1000: more than the model's positions
+        check_max_length(run.model.config, data_cfg.max_length, "--data max_length")
     out = prepare_splits(data_cfg, run.tokenizer, need_train=role == "train")
     if role not in out:  # a test-role split is skipped when it is missing or unlabelled: say which
         existing = _split_names(OmegaConf.merge(data_cfg, {"splits": all_splits}))
@@ -206,7 +220,8 @@ def _format(pred: dict) -> str:
     return f"label: {pred['label']}\nprobabilities: {probs}"
 
 
-def run_cli(args) -> None:
+def check_args(args) -> None:
+    """Every option checked before the model loads: one line naming the value and what is allowed."""
     modes = sum(x is not None for x in (args.text, args.file, args.eval_split))
     if modes != 1:
         raise LsrAdaptError("give exactly one of --text, --file or --eval-split")
@@ -214,6 +229,37 @@ def run_cli(args) -> None:
         raise LsrAdaptError("--file needs --out PREDICTIONS.csv")
     if args.text_pair is not None and args.text is None:
         raise LsrAdaptError("--text-pair goes with --text")
+    if args.json and args.text is None:
+        raise LsrAdaptError("--json goes with --text (--eval-split prints JSON anyway, --file writes a CSV)")
+    if args.batch_size < 1:
+        raise LsrAdaptError(f"--batch-size {args.batch_size}: must be an integer >= 1")
+    if args.out is not None and args.text is not None:
+        raise LsrAdaptError(f"--out {args.out}: goes with --file or --eval-split (--text prints its prediction)")
+    if args.text_fields is not None and args.file is None:
+        raise LsrAdaptError(f"--text-fields {args.text_fields!r}: goes with --file")
+    if args.text_fields is not None and len([f for f in args.text_fields.split(",") if f.strip()]) not in (1, 2):
+        raise LsrAdaptError(f"--text-fields {args.text_fields!r}: give one or two column names, comma separated")
+    if args.data and args.eval_split is None:
+        raise LsrAdaptError(f"--data {args.data[0]}: goes with --eval-split")
+    if args.eval_split is not None and not args.eval_split.strip():
+        raise LsrAdaptError("--eval-split '': give a split name, e.g. validation or test")
+    for item in args.data:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LsrAdaptError(f"--data takes key=value, got {item!r}")
+        try:
+            yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise LsrAdaptError(f"--data {item}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    if args.file is not None:
+        read_rows(args.file)  # a missing / unreadable / wrongly formatted input file: before the model loads
+    if args.out is not None:
+        # never into the run predicted with (a finished run is never changed) nor over the input file
+        check_output_file(args.out, "--out", inputs=[args.file], protect=[args.run])
+
+
+def run_cli(args) -> None:
+    check_args(args)
     run = load_run(args.run, **run_loading_kwargs(args), device=args.device)
     if args.text is not None:
         pred = predict_texts(run, [args.text], None if args.text_pair is None else [args.text_pair])[0]

@@ -1,7 +1,8 @@
 """Compare runs: ``python -m lsr_adapt.report SWEEP_OR_RUN_DIR [more dirs] [--out DIR]``.
 
 Reads every ``results.json`` below the given directories (written by ``training.train``) and writes, into
-``--out`` (default: the first directory):
+``--out`` (default: the first directory, a sweep dir; for a finished run dir, which is never changed,
+``RUN_DIR-report/`` beside it):
 
 * ``report.md`` and ``report.csv``: one row per configuration, that is everything but the seed
   (task, base model, method, method hyperparameters, learning rate, batch size, epochs, precision,
@@ -632,13 +633,36 @@ def plot_memory(configs: list[Config], task: str, path: Path) -> bool:
 
 
 # -- the report --------------------------------------------------------------------------------------
+REPORT_SUFFIX = "-report"  # the default output beside a finished run dir: RUN_DIR-report/
+
+
+def output_dir(dirs: list[Path], out: Path | None = None) -> Path:
+    """Where the report goes: ``out`` if given, else the first dir, except that a finished run dir
+    (one holding results.json) is never written into: its report goes beside it, ``RUN_DIR-report/``.
+    A sweep dir (its runs one level or more below) takes its report itself, as the sweep's end does.
+    An ``out`` inside a finished run dir, or one that cannot be a directory, is refused."""
+    from .outpaths import check_output_dir, finished_run_of
+
+    if out is None:
+        first = Path(dirs[0])
+        run = finished_run_of(first) if first.is_dir() else None
+        out = first if run is None else run.parent / f"{run.name}{REPORT_SUFFIX}"
+        flag = "the default output dir"
+    else:
+        flag = "--out"
+    return check_output_dir(Path(out), flag)
+
+
 def build_report(dirs: list[Path], out: Path | None = None, plots: bool = True) -> dict:
     """Collect, aggregate, write ``report.md``, ``report.csv`` and the plots; returns what it wrote."""
     dirs = [Path(d) for d in dirs]
-    out = Path(out) if out is not None else dirs[0]
-    runs, problems = collect(dirs)
+    runs, problems = collect(dirs)  # reads only: a bad input dir is named before the output is
+    out = output_dir(dirs, out)
     configs = group_configs(runs)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LsrAdaptError(f"--out {out}: cannot create it ({e.strerror or e}); choose another directory") from None
     written = {"md": out / "report.md", "csv": out / "report.csv", "plots": []}
 
     md = ["# Method comparison", "",
@@ -691,7 +715,9 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(prog="python -m lsr_adapt.report", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories (searched recursively)")
-    p.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first dir)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where to write the report (default: the first dir; beside it, RUN_DIR-report/, "
+                        "when that is a finished run dir)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     args = p.parse_args(argv)
     w = exit_on_user_error(build_report, args.dirs, args.out, plots=not args.no_plots)

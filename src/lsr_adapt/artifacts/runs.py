@@ -108,9 +108,30 @@ def base_path_of(adapter_config: dict, run_config=None) -> str:
     return str(base)
 
 
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (``org/name``): absolute, relative with ./ or ~, or 3+ segments."""
+    return name.startswith(("/", ".", "~")) or name.count("/") >= 2 or "\\" in name
+
+
+def moved_base(adapter_config: dict) -> str | None:
+    """The local base model dir the run was trained from, when it no longer exists (else None)."""
+    loaded_from = adapter_config.get("loaded_from")
+    if loaded_from and _looks_local(str(loaded_from)) and not Path(loaded_from).exists():
+        return str(loaded_from)
+    return None
+
+
+def _moved_base_error(run_dir, loaded_from: str, tried: str | None, why: str | None) -> LsrAdaptError:
+    instead = f"; {tried!r} in its place does not load ({why})" if tried else ""
+    return LsrAdaptError(f"{run_dir}: its base model dir {loaded_from} no longer exists; pass --base "
+                         f"/new/path/of/that/model (or base=... in Python){instead}")
+
+
 def saved_run(run_dir, base: str | None = None) -> tuple[Path, dict, object, str]:
     """(run dir, adapter config, run config, base model path) of an lsr-adapt run directory; a peft
     adapter directory is an error (it has no run to rebuild: load its base, then ``load_adapter``)."""
+    if base is not None and _looks_local(str(base)) and not Path(base).expanduser().exists():
+        raise LsrAdaptError(f"--base {base}: no such directory; give the base model's dir or hub id")
     run_dir = Path(run_dir)
     adapter_files(run_dir)
     adapter_config = read_adapter_config(run_dir)
@@ -131,6 +152,8 @@ def _model_configs(adapter_config: dict, run_config) -> tuple[Any, Any]:
     else:  # a bare adapter dir
         data_cfg, model_cfg = OmegaConf.create({}), OmegaConf.create({"pooling": adapter_config.get("pooling")})
     num_labels = adapter_config.get("num_labels")  # 0: no task head (causal LM)
+    # rebuilding the model needs no token limit (predict checks the one it tokenizes with)
+    data_cfg = OmegaConf.merge(data_cfg, {"max_length": None}) if "max_length" in data_cfg else data_cfg
     return (OmegaConf.merge(data_cfg, {"task_type": adapter_config.get("task_type") or "classification",
                                        "num_labels": 2 if num_labels is None else int(num_labels)}),
             model_cfg)
@@ -160,9 +183,18 @@ def load_run(run_dir, *, base: str | None = None, check_fingerprint: bool = True
     ``adapter=False`` gives the base model alone (for comparison)."""
     if device:
         _check_device(device)
+    given = base
     run_dir, adapter_config, run_config, base = saved_run(run_dir, base)
     data_cfg, model_cfg = _model_configs(adapter_config, run_config)
-    loaded = get_task(data_cfg).load(base, data_cfg, model_cfg)
+    moved = None if given is not None else moved_base(adapter_config)
+    if moved and _looks_local(base) and not Path(base).exists():  # nothing else to try: say so at once
+        raise _moved_base_error(run_dir, moved, None, None)
+    try:
+        loaded = get_task(data_cfg).load(base, data_cfg, model_cfg)
+    except LsrAdaptError as e:
+        if moved:  # the recorded hub id did not load either (e.g. offline): the dir and --base are the fix
+            raise _moved_base_error(run_dir, moved, base, str(e)[:200]) from None
+        raise
     model = loaded.model.to(device) if device else loaded.model
     if adapter:
         load_adapter(model, run_dir, check_fingerprint=check_fingerprint, check_checksum=check_checksum)

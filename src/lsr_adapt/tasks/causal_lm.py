@@ -63,13 +63,17 @@ def load_causal_lm(name_or_path: str, dtype: str | None = None):
 
     source, kwargs = _source(str(name_or_path))
     from ..hub import hub_error, require_hub
+    from ..modeling import check_tokenizer_files, check_tokenizer_works, position_limit
 
+    if "gguf_file" not in kwargs:  # a GGUF file carries its tokenizer inside
+        check_tokenizer_files(source)
     try:
         require_hub(source, "model")  # an unreachable hub: one line at once, not a minute of retries
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         raise hub_error(source, "model", e) or LsrAdaptError(
             f"cannot load the tokenizer of {name_or_path!r}: {first_line(e)}") from None
+    check_tokenizer_works(tokenizer, str(name_or_path))
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers ship without one; blocks are never padded
         tokenizer.pad_token = tokenizer.eos_token
     if dtype:
@@ -89,6 +93,10 @@ def load_causal_lm(name_or_path: str, dtype: str | None = None):
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    limit = position_limit(model.config)
+    if limit is not None and not (0 < (tokenizer.model_max_length or 0) <= limit):
+        # blocks longer than the position table fail with an index error: block_size_of caps at this
+        tokenizer.model_max_length = limit
     output = model.get_output_embeddings()
     output_names = [n for n, m in model.named_modules() if m is output and n]
     return LoadedModel(model, tokenizer, str(name_or_path), frozen_output_modules=output_names)
@@ -147,7 +155,7 @@ def block_size_of(data_cfg, tokenizer) -> int:
     size = int(data_cfg.get("max_length") or 512)
     limit = getattr(tokenizer, "model_max_length", None)
     if limit and limit < 1_000_000 and size > limit:  # tokenizers without a limit report ~1e30
-        log.info("data.max_length %d exceeds the tokenizer's %d; using %d-token blocks", size, limit, limit)
+        log.warning("data.max_length=%d exceeds the model's %d positions; using %d-token blocks", size, limit, limit)
         size = int(limit)
     if size < 2:
         raise LsrAdaptError(f"data.max_length {size} is too small for language modelling; use at least 2")

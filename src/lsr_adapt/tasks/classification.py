@@ -11,14 +11,20 @@ from __future__ import annotations
 
 from ..data import prepare_splits
 from ..metrics import compute, mean_loss
-from ..modeling import load_classifier
+from ..modeling import check_max_length, check_max_length_before_loading, load_classifier
 from . import Task
 
 
 def _load(name_or_path: str, data_cfg, model_cfg=None):
     # model.pooling: cls (the architecture's first token) | mean (masked mean of the last hidden states)
     pooling = (model_cfg or {}).get("pooling")
-    return load_classifier(name_or_path, int(data_cfg.num_labels), pooling=str(pooling) if pooling else None)
+    # data.max_length beyond the model's positions would train until an index error: refused from
+    # config.json before the weights load (a local dir), else right after loading (a hub id)
+    max_length = data_cfg.get("max_length")
+    check_max_length_before_loading(name_or_path, max_length)
+    loaded = load_classifier(name_or_path, int(data_cfg.num_labels), pooling=str(pooling) if pooling else None)
+    check_max_length(loaded.model.config, max_length)
+    return loaded
 
 
 def _prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True):
