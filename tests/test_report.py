@@ -342,3 +342,43 @@ def test_frontier_labels_do_not_overlap():
     assert len(boxes) == len(items)
     overlaps = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
     assert not overlaps, overlaps
+
+
+# -- the majority class beside an accuracy table (issue 25) -------------------------------------------
+def test_configurations_not_above_the_majority_class_are_named_beside_the_table(tmp_path):
+    """results.json's majority_class (always predict train's commonest label) is stated beside the
+    table, and a configuration whose mean best validation accuracy does not beat it is named in words;
+    one that beats it on one seed only is judged by its mean, one exactly at it does not beat it."""
+    root = tmp_path / "sweep"
+    majority = {"label": 1, "validation": 0.625, "test": 0.75}  # 5 of 8, 6 of 8
+    for seed, best in [(0, 0.875), (1, 0.75)]:  # mean 0.8125 > 0.625
+        job(root, f"lora{seed}", fake_results("lora", LORA, seed, best) | {"majority_class": majority})
+    for seed, best in [(0, 0.75), (1, 0.375)]:  # mean 0.5625 < 0.625 though seed 0 beats it
+        job(root, f"lsr{seed}", fake_results("lsr", LSR, seed, best, adapter=3072) | {"majority_class": majority})
+    job(root, "head", fake_results("head", {}, 0, 0.625, adapter=0) | {"majority_class": majority})  # at it
+    md = build_report([root], plots=False)["md"].read_text()
+    note = next(line for line in md.splitlines() if line.startswith("Majority class"))
+    assert "0.6250 validation accuracy, 0.7500 test" in note
+    named = note.split("**Not above the majority class on validation**")[1]
+    assert "lsr r=2 t=16 α=2 (0.5625 vs 0.6250)" in named and "head (0.6250 vs 0.6250)" in named
+    assert "lora" not in named
+    # the note sits right below its table
+    lines = md.splitlines()
+    assert lines[lines.index(note) - 1] == "" and lines[lines.index(note) - 2].startswith("| ")
+
+    beaten = tmp_path / "beaten"
+    job(beaten, "lora0", fake_results("lora", LORA, 0, 0.875) | {"majority_class": majority})
+    md = build_report([beaten], plots=False)["md"].read_text()
+    assert "Every configuration above beats it on validation." in md and "Not above" not in md
+
+
+def test_no_majority_note_without_the_record_or_for_other_metrics(tmp_path):
+    """Runs from before results.json recorded majority_class, and non-accuracy metrics (a majority
+    class has no Matthews correlation to compare), get no note rather than a made-up one."""
+    old = tmp_path / "old"
+    job(old, "lora0", fake_results("lora", LORA, 0, 0.5))
+    assert "Majority class" not in build_report([old], plots=False)["md"].read_text()
+    mcc = tmp_path / "mcc"
+    job(mcc, "lora0", fake_results("lora", LORA, 0, 0.1, metric="matthews_correlation")
+        | {"majority_class": {"label": 1, "validation": 0.7, "test": 0.7}})
+    assert "Majority class" not in build_report([mcc], plots=False)["md"].read_text()

@@ -311,7 +311,41 @@ def md_table(configs: list[Config]) -> str:
                  _num(c.mean("train_runtime_s"), 1), _num(c.mean("examples_per_s"), 1),
                  _num(c.mean("peak_memory_mb"), 0)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return "\n".join(lines)
+    note = majority_note(configs)
+    return "\n".join(lines) + (f"\n\n{note}" if note else "")
+
+
+MAJORITY_EPS = 1e-9  # float rounding of two k/n accuracies, far below one example in any split
+
+
+def majority_note(configs: list[Config]) -> str:
+    """Beside an accuracy table: what always predicting the training split's commonest class scores on
+    validation and test (``majority_class`` in results.json), and, in words, each configuration whose
+    mean best validation accuracy does not beat it. Empty when no run records it or the metric is not
+    accuracy."""
+    if not configs or any(c.first.get("metric_name") != "accuracy" for c in configs):
+        return ""
+    below, val_rates, test_rates = [], set(), set()
+    for c in configs:
+        recorded = [r.get("majority_class") for r in c.runs]
+        if not all(isinstance(m, dict) and isinstance(m.get("validation"), (int, float)) for m in recorded):
+            return ""  # runs from before results.json recorded it: nothing to compare against
+        val = statistics.fmean(m["validation"] for m in recorded)
+        val_rates.add(round(val, 4))
+        test_rates.update(round(m["test"], 4) for m in recorded if isinstance(m.get("test"), (int, float)))
+        best = c.mean("best_metric")
+        if best is None or best <= val + MAJORITY_EPS:
+            below.append(f"{_display(c, configs)} ({_num(best)} vs {_num(val)})")
+
+    def shown(values: set) -> str:
+        return " to ".join(f"{v:.4f}" for v in sorted(values)) if values else "–"
+
+    text = (f"Majority class (always predict the training split's commonest label): {shown(val_rates)} validation "
+            f"accuracy, {shown(test_rates)} test. ")
+    if below:
+        return text + ("**Not above the majority class on validation** (mean best validation accuracy vs the "
+                       "majority class): " + "; ".join(below) + ".")
+    return text + "Every configuration above beats it on validation."
 
 
 # -- matched budgets ----------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from . import compat
 from .arguments import check_fsdp, precision_of, training_arguments, user_callbacks
 from .checkpoints import load_recorder_state, load_trainable, remove_checkpoints, resume_checkpoint
 from .recorder import EpochRecorder, check_finite
-from .results import adapter_meta, results_record
+from .results import adapter_meta, majority_class, results_record
 from .rundir import RESULTS, claim, output_dir_of, start_records
 from .trainer import AdapterTrainer
 
@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> dict:
         before = evaluate_before(run, built, extra_eval)
         fit(cfg, run, resume_from)
         outcome = evaluate_best(run, built, splits, extra_eval, before, resume_from)
-        results = results_record(cfg, built, task.name, outcome, run.precision)
+        results = results_record(cfg, built, task.name, outcome, run.precision, majority_class(task.name, splits))
         save_run(out_dir, built, results, adapter_meta(cfg, built, task.name, built.init_info))
         run.tracking.finish(results)
     log.info("best validation %s %.4f at epoch %s; results in %s", outcome["metric"], outcome["best_metric"],

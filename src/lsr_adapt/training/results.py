@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import resource
+from collections import Counter
 
 import numpy as np
 import torch
@@ -50,7 +51,24 @@ def adapter_meta(cfg: DictConfig, built, task_name: str, init_info) -> dict:
     }
 
 
-def results_record(cfg: DictConfig, built, task_name: str, outcome: dict, precision: str) -> dict:
+def majority_class(task_name: str, splits: dict) -> dict | None:
+    """The baseline a classifier has to beat: always predict the training split's most frequent label
+    (chosen without looking at the evaluated splits); its accuracy on each evaluated split is the share
+    of that split holding it. None for regression / language modelling, or without a training split."""
+    if task_name != "classification" or "train" not in splits:
+        return None
+    counts = Counter(int(v) for v in splits["train"]["labels"])
+    label = min(counts, key=lambda k: (-counts[k], k))  # a tie goes to the lowest class id
+    rates = {}
+    for split in ("validation", "test"):
+        if split in splits:
+            labels = [int(v) for v in splits[split]["labels"]]
+            rates[split] = sum(v == label for v in labels) / len(labels)
+    return {"label": label, **rates}
+
+
+def results_record(cfg: DictConfig, built, task_name: str, outcome: dict, precision: str,
+                   majority: dict | None = None) -> dict:
     """``results.json``: the run's config in brief, parameter counts, metrics, time, memory, versions."""
     mcfg, dcfg, tcfg = cfg.model, cfg.data, cfg.training
     peak_mb, peak_kind = peak_memory()
@@ -78,6 +96,7 @@ def results_record(cfg: DictConfig, built, task_name: str, outcome: dict, precis
         "best_metric": outcome["best_metric"],
         "best_epoch": outcome["best_epoch"],
         "test_metrics": outcome["test_metrics"],
+        "majority_class": majority,  # {label, validation, test}: accuracy of always predicting train's commonest label
         **({"extra_eval_metrics": extra["after"], "extra_eval_metrics_before_training": extra["before"]}
            if extra["after"] else {}),
         "resumed_from": str(outcome["resumed_from"]) if outcome["resumed_from"] else None,
