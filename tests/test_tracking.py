@@ -125,3 +125,29 @@ def test_wandb_offline_run(tmp_path):
     data = runs[0].read_bytes()
     assert b"final/best_metric" in data and b"eval/accuracy" in data
     assert res["status"] == "completed"
+
+
+def test_report_to_takes_a_list_and_any_integration_transformers_supports():
+    from lsr_adapt.tracking import tracker_names
+
+    assert tracker_names(compose("experiment=smoke", "training.report_to=[tensorboard]")) == ["tensorboard"]
+    assert tracker_names(compose("logger=mlflow", "training.report_to=[mlflow,tensorboard]")) == ["mlflow", "tensorboard"]
+    assert tracker_name(compose("logger=mlflow", "training.report_to=[tensorboard,mlflow]")) == "mlflow"  # its run is opened
+    assert tracker_names(compose("logger=wandb", "training.report_to=[]")) == []
+    with pytest.raises(LsrAdaptError, match="use logger=wandb"):
+        tracker_names(compose("training.report_to=[tensorboard,wandb]"))
+    with pytest.raises(LsrAdaptError, match="comet_ml, dagshub"):  # transformers' own list of integrations
+        tracker_names(compose("training.report_to=[tensorboard,comet]"))
+    with pytest.raises(LsrAdaptError, match="none goes alone"):
+        tracker_names(compose("training.report_to=[none,tensorboard]"))
+
+
+def test_an_integration_whose_package_is_missing_is_one_line_before_anything_loads(tmp_path):
+    from conftest import assert_one_line_error, cli
+    from transformers.integrations.integration_utils import get_available_reporting_integrations
+
+    missing = next(n for n in ("neptune", "clearml", "comet_ml", "dvclive") if n not in get_available_reporting_integrations())
+    run = tmp_path / "run"
+    proc = cli("experiment=smoke", f"training.report_to=[tensorboard,{missing}]", f"hydra.run.dir={run}")
+    assert_one_line_error(proc, f"training.report_to={missing}", "not installed")
+    assert not run.exists()

@@ -126,7 +126,8 @@ class TrainingSchema(BaseModel):
     precision: Literal[PRECISIONS] = _f(_choices(PRECISIONS))  # type: ignore[valid-type]
     torch_compile: Bool = _f("must be true or false")
     torch_compile_mode: Literal[COMPILE_MODES] = _f(_choices(COMPILE_MODES))  # type: ignore[valid-type]
-    report_to: Text | None = _f("must be a tracker name (set it with the logger group: logger=...)")
+    report_to: Text | list[Text] | None = _f("must be a tracker name or a list of them (tensorboard, the logger "
+                                             "group's wandb / mlflow, any transformers integration), or none")
     logging_steps: Integer = _f("must be an integer >= 1 (optimizer steps)", ge=1)
     dataloader_num_workers: Integer = _f("must be an integer >= 0", ge=0)
     sampling: Literal[SAMPLING] = _f(_choices(SAMPLING))  # type: ignore[valid-type]

@@ -129,10 +129,12 @@ def _check_run(task: DictConfig, out_dir: Path) -> None:
 
     from .config_schema import validate_config
     from .errors import LsrAdaptError, RunDirRefused
+    from .tracking import tracker_names
     from .training.checkpoints import checkpoint_dirs, resume_checkpoint
     from .training.rundir import refusal
 
     validate_config(task)
+    tracker_names(task)  # every tracker named is known and installed
     why = refusal(out_dir)
     if why:
         raise RunDirRefused(why)

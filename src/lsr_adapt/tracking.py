@@ -60,32 +60,67 @@ class Tracking:
             log.warning("closing the %s run failed: %s", self.name, e)
 
 
-def tracker_name(cfg: DictConfig) -> str:
-    """The tracker a config selects: ``logger.name``, unless ``training.report_to`` turns it off."""
+def tracker_names(cfg: DictConfig) -> list[str]:
+    """The trackers a run reports to: ``training.report_to`` (a name or a list; by default the logger
+    group's ``logger.name``; ``none`` or ``[]``: nothing). wandb and mlflow take their settings from
+    the logger group, so either one must be the group's; any other integration transformers supports
+    (comet_ml, clearml, neptune, dvclive, trackio, ...) is passed to the Trainer as it is, configured
+    by its own environment variables."""
     logger = cfg.get("logger")
-    report_to = OmegaConf.select(cfg, "training.report_to", default=None)
-    name = str(report_to) if report_to is not None else (str(logger.name) if logger is not None else "none")
-    if name not in TRACKERS:
-        raise choices_error("tracker (logger / training.report_to)", name, TRACKERS)
     configured = str(logger.name) if logger is not None else "none"
-    if name != configured and name not in ("none", "tensorboard"):
-        # wandb and mlflow need their settings, which live in the logger group
-        raise LsrAdaptError(f"training.report_to={name} is replaced by the logger group: use logger={name} "
-                            f"(settings in conf/logger/{name}.yaml)")
-    return name
+    if configured not in TRACKERS:
+        raise choices_error("tracker (logger / training.report_to)", configured, TRACKERS)
+    value = OmegaConf.select(cfg, "training.report_to", default=None)
+    if value is None:
+        value = configured
+    names = [str(v) for v in value] if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [str(value)]
+    if "none" in names or not names:
+        if len(names) > 1:
+            raise LsrAdaptError(f"training.report_to={names}: none goes alone (none: no tracker)")
+        return []
+    for name in names:
+        if name in ("wandb", "mlflow") and name != configured:
+            # wandb and mlflow need their settings, which live in the logger group
+            raise LsrAdaptError(f"training.report_to={name} is replaced by the logger group: use logger={name} "
+                                f"(settings in conf/logger/{name}.yaml)")
+        if name not in TRACKERS:
+            _check_integration(name)
+    return list(dict.fromkeys(names))
+
+
+def _check_integration(name: str) -> None:
+    """A tracker lsr-adapt does not manage: one of transformers' reporting integrations, installed."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    if name not in INTEGRATION_TO_CALLBACK:
+        raise choices_error("tracker (training.report_to)", name, set(INTEGRATION_TO_CALLBACK) | {"none"})
+    if name not in get_available_reporting_integrations():
+        raise LsrAdaptError(f"training.report_to={name}: its package is not installed (transformers' {name} "
+                            f"integration needs it); install it, or remove {name} from training.report_to")
+
+
+def tracker_name(cfg: DictConfig) -> str:
+    """The tracker whose run lsr-adapt opens and closes: the logger group's, if the run reports to it
+    (else the first tracker named, or ``none``)."""
+    names = tracker_names(cfg)
+    configured = str(cfg.logger.name) if cfg.get("logger") is not None else "none"
+    return configured if configured in names else (names[0] if names else "none")
 
 
 def start_tracking(cfg: DictConfig, out_dir: Path) -> Tracking:
-    """Open the configured tracker's run for the job writing into ``out_dir``."""
+    """Open the run of the trackers configured for the job writing into ``out_dir``: the Trainer
+    reports to every tracker named; the wandb or mlflow run (the logger group's) is opened here."""
+    names = tracker_names(cfg)
     name = tracker_name(cfg)
     options = cfg.get("logger") if cfg.get("logger") is not None and cfg.logger.name == name else {}
-    if name == "none":
-        return Tracking(name, [])
-    if name == "tensorboard":
-        return Tracking(name, ["tensorboard"])
     if name == "wandb":
-        return Tracking(name, ["wandb"], _start_wandb(cfg, options, Path(out_dir)))
-    return Tracking(name, ["mlflow"], _start_mlflow(cfg, options, Path(out_dir)))
+        return Tracking(name, names, _start_wandb(cfg, options, Path(out_dir)))
+    if name == "mlflow":
+        return Tracking(name, names, _start_mlflow(cfg, options, Path(out_dir)))
+    return Tracking(name, names)
 
 
 # -- shared ------------------------------------------------------------------------------------

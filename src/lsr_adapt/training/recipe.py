@@ -30,7 +30,7 @@ from ..iofiles import write_json, writing
 from ..metrics import higher_is_better
 from ..modeling import LoadedModel, freeze_adapter, model_path_of, parameter_counts, prepare_model
 from ..tasks import Task, evaluate_extra, extra_eval_datasets, get_task
-from ..tracking import Tracking, start_tracking
+from ..tracking import Tracking, start_tracking, tracker_names
 from . import compat
 from .arguments import check_fsdp, precision_of, training_arguments, user_callbacks
 from .checkpoints import load_recorder_state, load_trainable, remove_checkpoints, resume_checkpoint
@@ -68,11 +68,12 @@ def train(cfg: DictConfig) -> dict:
 # -- 1. validate -------------------------------------------------------------------------------------
 def validate(cfg: DictConfig) -> None:
     """Every value checked before any model or data loads: nothing left ``???``, types, ranges,
-    choices (``config_schema``); the precision this machine can run; libraries new enough."""
+    choices (``config_schema``); the precision this machine can run; the trackers; libraries new enough."""
     validate_config(cfg)
     precision_of(str(cfg.training.get("precision", "auto")))  # fp16 needs CUDA
     compat.check_versions()
 
+    tracker_names(cfg)  # each tracker known and installed
 
 # -- 2. model + adapter --------------------------------------------------------------------------------
 @dataclass
