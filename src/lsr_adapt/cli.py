@@ -22,10 +22,22 @@ def exit_on_user_error(fn, *args, **kwargs):
 
 
 def fail(e: LsrAdaptError) -> NoReturn:
-    """The error contract: one ``error: ...`` line on stderr (and in the log), exit status 2."""
-    log.error("%s", e)
+    """The error contract: one ``error: ...`` line on stderr (and in the log file), exit status 2."""
+    log_to_files(logging.ERROR, str(e))
     print(f"error: {e}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None
+
+
+def log_to_files(level: int, message: str) -> None:
+    """Log ``message`` to the log files only (a run's ``main.log``): the terminal shows the one
+    ``error:`` line, not a second copy through the console handler (or logging's last resort)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
+    logger: logging.Logger | None = log
+    while logger is not None:
+        for h in logger.handlers:
+            if isinstance(h, logging.FileHandler) and record.levelno >= h.level:
+                h.handle(record)
+        logger = logger.parent if logger.propagate else None
 
 
 # Hydra's flags that take a value (``--info`` and ``--cfg`` take one word; overrides contain '=').
