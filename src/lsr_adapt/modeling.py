@@ -27,6 +27,82 @@ class LoadedModel:
     frozen_output_modules: list[str] | None = None
 
 
+# transformers 5.2x (utils/loading_report.py: log_state_dict_report, written against 5.24) logs every
+# from_pretrained whose checkpoint lacks or leaves weights as a WARNING table "<Class> LOAD REPORT from:
+# <name>" on the transformers.modeling_utils logger. Loading a base checkpoint into a sequence
+# classifier, a fresh head (and a pooler the checkpoint lacks, or leaves unused) is the point, not a
+# problem: load_classifier drops that table while it loads (a filter on that one logger, for that
+# call) and report_loading says it in one INFO line; anything else still warns. Public knob used:
+# from_pretrained(output_loading_info=True).
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+class _without_load_report:
+    def __enter__(self):
+        self.logger, self.filter = logging.getLogger("transformers.modeling_utils"), _DropLoadReport()
+        self.logger.addFilter(self.filter)
+
+    def __exit__(self, *exc):
+        self.logger.removeFilter(self.filter)
+        return False
+
+
+# bitsandbytes 0.50 (backends/cpu/ops.py) warns at import, on a CPU with AVX512-BF16, "Failed to load CPU
+# gemm_4bit_forward from kernels-community: No module named 'kernels'", and peft 0.21 (peft/helpers.py)
+# imports bitsandbytes whenever it is installed, which transformers' Trainer imports: so every run
+# printed it, QLoRA or not. Only that record of that logger is held back here; a QLoRA run, the one
+# that uses the 4-bit kernels, gets it back as one line when it applies its method (prepare_model).
+BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+class _HoldBnbKernelWarning(logging.Filter):
+    held: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed to load CPU gemm_4bit_forward"):
+            self.held.append(record.getMessage())
+            return False
+        return True
+
+
+logging.getLogger(BNB_LOGGER).addFilter(_HoldBnbKernelWarning())
+
+
+def _modules(keys) -> str:
+    """``classifier.weight, classifier.bias`` -> ``classifier``: the modules the keys belong to."""
+    return ", ".join(sorted({k.rsplit(".", 1)[0] for k in keys}))
+
+
+def report_loading(model: nn.Module, info: dict, name_or_path: str) -> None:
+    """What the load left as it was meant to (INFO) and what it did not (WARNING), one line each.
+
+    Meant: weights missing from the checkpoint in the task head (outside the base model) or its
+    pooler, and checkpoint weights outside the base model (a pretraining head) or in a pooler the
+    class does not use. Anything else (base weights missing or left over, shape mismatches) warns."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def head_side(key: str) -> bool:
+        return not prefix or not key.startswith(prefix + ".") or key.startswith(f"{prefix}.pooler.")
+
+    missing, unused = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    fresh, unused_ok = [k for k in missing if head_side(k)], [k for k in unused if head_side(k)]
+    what = type(model).__name__
+    if fresh or unused_ok:
+        log.info("%s from %s: initialised fresh (not in the checkpoint): %s%s", what, name_or_path,
+                 _modules(fresh) or "nothing", f"; unused checkpoint weights: {_modules(unused_ok)}" if unused_ok else "")
+    odd_missing, odd_unused = [k for k in missing if not head_side(k)], [k for k in unused if not head_side(k)]
+    if odd_missing:
+        log.warning("%s from %s: base weights missing from the checkpoint (random init): %s", what, name_or_path,
+                    ", ".join(odd_missing))
+    if odd_unused:
+        log.warning("%s from %s: checkpoint weights the model does not use: %s", what, name_or_path,
+                    ", ".join(odd_unused))
+    for key, *shapes in info.get("mismatched_keys") or []:
+        log.warning("%s from %s: %s has another shape in the checkpoint %s", what, name_or_path, key, shapes)
+
+
 # What a local model dir must hold for AutoTokenizer to build a real vocabulary (any one entry):
 # without them transformers still builds a tokenizer from config.json, one with no vocabulary that
 # turns every text into its special tokens alone (<s></s>), and training "succeeds" on nothing.
@@ -165,7 +241,8 @@ def load_classifier(name_or_path: str, num_labels: int, dtype: str | None = None
 
     try:
         require_hub(name_or_path, "model")
-        model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+        with _without_load_report():  # report_loading below says it in a line or two
+            model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as e:
         raise hub_error(name_or_path, "model", e) or LsrAdaptError(
             f"cannot load model {name_or_path!r}: {first_line(e)}") from None
@@ -176,6 +253,7 @@ def load_classifier(name_or_path: str, num_labels: int, dtype: str | None = None
     # skip its division by gradient_accumulation_steps, growing the gradient by both factors
     model.accepts_loss_kwargs = False
     missing = sorted(set(info.get("missing_keys", [])))
+    report_loading(model, info, name_or_path)
     set_pooling(model, pooling if pooling is not None else getattr(model.config, POOLING_ATTR, "cls"))
     return LoadedModel(model, tokenizer, name_or_path, new_param_names=missing)
 
@@ -328,6 +406,10 @@ def prepare_model(loaded: LoadedModel, adaptation_type: str, method_cfg=None, ta
     if loaded.frozen_output_modules is not None:  # no task head: the LM head is part of the base
         head, head_modules = [], sorted(set(head_modules) | set(loaded.frozen_output_modules))
     _, loaded.method_config = apply_adapter(model, adaptation_type, method_cfg, target_modules, exclude=head_modules)
+    if adaptation_type == "qlora":  # the run that uses bitsandbytes' 4-bit kernels: its warning, once
+        for message in _HoldBnbKernelWarning.held:
+            log.warning("bitsandbytes: %s", message)
+        _HoldBnbKernelWarning.held.clear()
     mark_trainable(model, head, train_base=getattr(loaded.method_config, "train_base", False))
     counts = parameter_counts(model, head)
     counts["head_param_names"] = head

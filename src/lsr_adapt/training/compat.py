@@ -86,3 +86,33 @@ def unprepare_after_eval(trainer, model) -> None:
     makes ``train()`` wrap it as it does when no evaluation came first."""
     trainer.accelerator._models.clear()
     model.__dict__.pop("_is_accelerate_prepared", None)
+
+
+def _numbers(logs: dict) -> dict:
+    """The logged values as numbers, 4 significant digits as transformers shows them."""
+    return {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in logs.items() if k != "total_flos"}
+
+
+def numeric_console_logs(trainer) -> None:
+    """Print the Trainer's logs with numbers as numbers: ``{'loss': 0.7927}``, not ``{'loss': '0.7927'}``.
+
+    transformers 5.24 (trainer_callback.py): ProgressCallback and PrinterCallback format each float
+    as a string (``f"{v:.4g}"``) before printing the dict. Each is swapped for a subclass that
+    rounds instead; what reaches other callbacks (trackers, results) is untouched."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class NumericProgressCallback(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None:
+                self.training_bar.write(str(_numbers(logs or {})))
+
+    class NumericPrinterCallback(PrinterCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_local_process_zero and logs is not None:
+                print(_numbers(logs))
+
+    for cls, numeric in ((ProgressCallback, NumericProgressCallback), (PrinterCallback, NumericPrinterCallback)):
+        for cb in list(trainer.callback_handler.callbacks):
+            if type(cb) is cls:
+                trainer.remove_callback(cb)
+                trainer.add_callback(numeric(**({"max_str_len": cb.max_str_len} if cls is ProgressCallback else {})))

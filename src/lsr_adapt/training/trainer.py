@@ -31,6 +31,7 @@ from transformers import Trainer, TrainerCallback
 from ..distributed import barrier, full_tensor, local_tensor
 from ..errors import LsrAdaptError
 from ..iofiles import write_json, write_text, writing
+from . import compat
 from .checkpoints import BEST, CONFIG, PREFIX, STATE, WEIGHTS, publish_checkpoint
 from .recorder import EpochRecorder
 
@@ -71,6 +72,7 @@ class AdapterTrainer(Trainer):
                                 f"{', '.join(NONFINITE_POLICIES)}")
         super().__init__(*args, **kwargs)
         self.add_callback(EpochEndCheckpoint())  # after DefaultFlowCallback, which sets should_save
+        compat.numeric_console_logs(self)  # {'loss': 0.7927}, not transformers' {'loss': '0.7927'}
         self.recorder, self.trainable_names = recorder, set(trainable_names)
         self.keep_checkpoints, self.nonfinite = keep_checkpoints, nonfinite
         self.param_groups, self.loss_metrics = param_groups, loss_metrics
