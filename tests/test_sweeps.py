@@ -173,7 +173,7 @@ def test_optuna_search_goes_on_past_a_failed_trial(tmp_path):
     """A failed trial is a FAIL trial for Optuna (main() returns None), the search goes on, the best
     trial is a completed one, and the sweep exits non-zero. With sampler seed 0, TPE's first two
     draws from choice(0, 2, 4) are r=0 (fails: r must be >= 1) then r=2."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     sweep = tmp_path / "optuna_bad"
     out = main_py_failing("experiment=smoke", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
                           'hparams_search.spaces.lora={model.lora.r:"choice(0,2,4)"}', f"hydra.sweep.dir={sweep}",
@@ -193,7 +193,7 @@ def test_optuna_search_goes_on_past_a_failed_trial(tmp_path):
 
 @pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_optuna_search_two_trials(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     sweep = tmp_path / "optuna"
     main_py("experiment=smoke", "model=roberta_lsr", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
             f"hydra.sweep.dir={sweep}", *TINY)
@@ -215,8 +215,8 @@ def test_optuna_search_two_trials(tmp_path):
 
 
 def test_search_space_follows_the_method():
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    from optuna.distributions import CategoricalDistribution, LogUniformDistribution
+    pytest.importorskip("optuna")
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     from lsr_adapt.errors import LsrAdaptError
     from lsr_adapt.hpo import method_space
@@ -225,12 +225,136 @@ def test_search_space_follows_the_method():
     assert lora == {"model.lora.r": CategoricalDistribution([2, 4, 8, 16]),
                     "model.lora.alpha": CategoricalDistribution([4, 8, 16, 32])}
     lsr = method_space(compose("hparams_search=optuna", "model=roberta_lsr"))
-    assert lsr["model.lsr.alpha"] == LogUniformDistribution(4.0, 256.0)
+    assert lsr["model.lsr.alpha"] == FloatDistribution(4.0, 256.0, log=True)
     assert set(lsr) == {"model.lsr.r", "model.lsr.num_terms", "model.lsr.alpha"}
     with pytest.raises(LsrAdaptError, match="no search space for adaptation_type 'lsr'"):
         method_space(compose("hparams_search=optuna", "model=roberta_lsr", "~hparams_search.spaces.lsr"))
     with pytest.raises(LsrAdaptError, match="must be sweeps"):
         method_space(compose("hparams_search=optuna", "hparams_search.spaces.lora={model.lora.r: 4}"))
+
+
+def test_hydra_sweep_syntax_becomes_optuna_distributions():
+    """Hydra's own semantics: range's stop is excluded, interval's ends are included."""
+    optuna = pytest.importorskip("optuna")
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from lsr_adapt.errors import LsrAdaptError
+    from lsr_adapt.hpo import distributions_from_overrides
+
+    assert int(optuna.__version__.split(".")[0]) >= 4
+    dists, fixed = distributions_from_overrides([
+        "a=choice(adamw_torch,adafactor)", "b=range(1,9,2)", "c=tag(int,interval(1,4))", "d=tag(log,interval(1e-4,1e-2))",
+        "e=range(0.0,1.0,0.25)", "g=interval(1,4)", "experiment=smoke"])
+    assert dists == {"a": CategoricalDistribution(["adamw_torch", "adafactor"]), "b": IntDistribution(1, 7, step=2),
+                     "c": IntDistribution(1, 4), "d": FloatDistribution(1e-4, 1e-2, log=True),
+                     "e": FloatDistribution(0.0, 0.75, step=0.25), "g": FloatDistribution(1.0, 4.0)}
+    assert fixed == ["experiment=smoke"]
+    with pytest.raises(LsrAdaptError, match="holds no values"):
+        distributions_from_overrides(["b=range(4,1)"])
+    with pytest.raises(LsrAdaptError, match="search space"):
+        distributions_from_overrides(["b=choice(1,"])
+
+
+def test_the_direction_follows_the_task_metric():
+    from lsr_adapt.hpo import direction_of
+
+    assert direction_of(compose("hparams_search=optuna")) == "maximize"  # MRPC accuracy
+    assert direction_of(compose("hparams_search=optuna", "model=gpt2_lora", "data=wikitext2")) == "minimize"
+    assert direction_of(compose("hparams_search=optuna", "data.metric=loss")) == "minimize"
+
+
+def test_the_optuna_sweeper_is_our_hydra_plugin():
+    """Found by Hydra in the hydra_plugins namespace package; median pruning and SQLite storage by default."""
+    pytest.importorskip("optuna")
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    assert "LsrOptunaSweeper" in [p.__name__ for p in Plugins.instance().discover(Sweeper)]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.lsr_adapt_optuna.sweeper.LsrOptunaSweeper"
+    assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner" and sweeper.storage is None
+    assert cfg.hydra.sweep.dir == "multirun/optuna/mrpc-lora"  # one dir per study: a rerun continues it
+
+
+OPTUNA_TINY = (*TINY[1:], "training.num_train_epochs=2")
+
+
+@pytest.mark.slow  # two sweeps of 2 trials in parallel, then a third (about 2 minutes on 2 cores)
+def test_two_optuna_workers_share_one_study_and_a_rerun_continues_it(tmp_path):
+    """Two processes with the same command are two workers of the study in <sweep dir>/optuna.db
+    (SQLite): 4 trials, numbered by the study, each an ordinary run dir; the same command again adds
+    trials to the same study. Checked against the study as optuna itself loads it."""
+    optuna = pytest.importorskip("optuna")
+    sweep = tmp_path / "study"
+    cmd = [sys.executable, "main.py", "experiment=smoke", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+           f"hydra.sweep.dir={sweep}", *OPTUNA_TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # one sampler seed per worker (a hydra.* override: still the same sweep), else both draw the same
+    # start-up trials
+    workers = [subprocess.Popen([*cmd, f"hydra.sweeper.sampler.seed={seed}"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err[-4000:]
+    study = optuna.load_study(study_name="mrpc-lora", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    state = optuna.trial.TrialState
+    # the default median pruner may stop trials 2 and 3 (it starts after 2 complete trials)
+    assert all(t.state in (state.COMPLETE, state.PRUNED) for t in study.trials)
+    results = job_results(sweep)
+    assert sorted(results) == [f"trial_{n}" for n in range(4)]  # one ordinary run dir per trial
+    for t in study.trials:  # each trial's value is its run's best validation metric, its params its config
+        r = results[f"trial_{t.number}"]
+        assert r["status"] == ("pruned" if t.state == state.PRUNED else "completed")
+        assert r["learning_rate"] == t.params["training.learning_rate"]
+        assert r["method_config"]["r"] == t.params["model.lora.r"]
+        if t.state == state.COMPLETE:
+            assert t.value == r["best_metric"]
+
+    main_py(*cmd[2:4], "hydra.sweeper.n_trials=1", *cmd[5:])  # the same command again: the study goes on
+    study = optuna.load_study(study_name="mrpc-lora", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert len(study.trials) == 5 and (sweep / "trial_4" / "results.json").exists()
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == study.best_value and best["best_params"] == study.best_params
+    assert best["best_trial_dir"] == str(sweep / f"trial_{study.best_trial.number}")
+    assert best["counts"]["complete"] + best["counts"]["pruned"] == 5
+
+
+@pytest.mark.slow  # one trial of 3 epochs stopped after the first (about 40 s on 2 cores)
+def test_a_pruned_trial_stops_early_says_so_and_the_report_lists_it(tmp_path):
+    """ThresholdPruner(lower=1.1) prunes any accuracy at its first report: the trial's training stops
+    after epoch 1 of 3, its results.json says status pruned, the study records PRUNED, the report
+    lists it with its reason, and the sweep is no failure."""
+    optuna = pytest.importorskip("optuna")
+    sweep = tmp_path / "pruned"
+    main_py("experiment=smoke", "hparams_search=optuna", "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={sweep}",
+            "hydra.sweeper.pruner=null", "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.1}",
+            *TINY[1:], "training.num_train_epochs=3")
+    res = json.loads((sweep / "trial_0" / "results.json").read_text())
+    assert res["status"] == "pruned" and res["pruned"]["epoch"] == 1 and res["pruned"]["trial"] == 0
+    assert [h["epoch"] for h in res["eval_history"]] == [1]  # epochs 2 and 3 never ran
+    study = optuna.load_study(study_name="mrpc-lora", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED]
+    assert study.trials[0].intermediate_values == {1: res["pruned"]["value"]}
+    assert not (sweep / "trial_0" / "failed.json").exists()
+    w = build_report([sweep], out=tmp_path / "report")
+    assert w["runs"] == 0 and [(p.status, p.path.name) for p in w["problems"]] == [("pruned", "trial_0")]
+    assert "stopped by the pruner after epoch 1" in w["md"].read_text()
+
+
+@pytest.mark.slow  # two GPT-2 smoke trials (about a minute on 2 cores)
+def test_a_perplexity_study_minimises(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    sweep = tmp_path / "ppl"
+    main_py("experiment=smoke", "model=gpt2_lora", "data=wikitext2", "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}", *OPTUNA_TINY)
+    study = optuna.load_study(study_name="wikitext2-lora", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    results = job_results(sweep)
+    assert study.best_value == min(r["best_metric"] for r in results.values())  # the lowest perplexity
 
 
 def test_equal_budget_experiment_is_a_two_method_seed_sweep():

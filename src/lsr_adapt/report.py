@@ -130,6 +130,10 @@ def collect(dirs: list[Path]) -> tuple[list[tuple[Path, dict]], list[Problem]]:
             status = str(data.get("status", "unknown"))
             if status != "completed":
                 reason = data.get("error") or data.get("message") or f"{RESULTS} says status={status}"
+                if status == "pruned" and isinstance(data.get("pruned"), dict):  # hpo: the pruner stopped it
+                    pr = data["pruned"]
+                    reason = (f"Optuna trial {pr.get('trial')} stopped by the pruner after epoch {pr.get('epoch')} "
+                              f"(validation {pr.get('metric')} {pr.get('value')})")
                 problems.append(Problem(f.parent, status, str(reason)))
                 continue
             runs.append((f.parent, data))

@@ -34,6 +34,7 @@ from ..tracking import Tracking, start_tracking, tracker_names
 from . import compat
 from .arguments import check_fsdp, precision_of, training_arguments, user_callbacks
 from .checkpoints import load_recorder_state, load_trainable, remove_checkpoints, resume_checkpoint
+from .pruning import mark_pruned, pruning_callbacks
 from .recorder import EpochRecorder, check_finite
 from .results import adapter_meta, majority_class, results_record
 from .rundir import RESULTS, claim, output_dir_of, start_records
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> dict:
         fit(cfg, run, resume_from)
         outcome = evaluate_best(run, built, splits, extra_eval, before, resume_from)
         results = results_record(cfg, built, task.name, outcome, run.precision, majority_class(task.name, splits))
+        mark_pruned(results)  # an Optuna trial its pruner stopped early says so (training/pruning.py)
         save_run(out_dir, built, results, adapter_meta(cfg, built, task.name, built.init_info))
         run.tracking.finish(results)
     log.info("best validation %s %.4f at epoch %s; results in %s", outcome["metric"], outcome["best_metric"],
@@ -176,7 +178,7 @@ def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, 
     trainer = AdapterTrainer(
         model=model, args=args, train_dataset=splits.get("train"), eval_dataset=splits["validation"],
         data_collator=task.collator(built.tokenizer), processing_class=built.tokenizer,
-        compute_metrics=task.compute_metrics(metric_names, dcfg), callbacks=[recorder, *user_callbacks(tcfg)],
+        compute_metrics=task.compute_metrics(metric_names, dcfg), callbacks=[recorder, *user_callbacks(tcfg), *pruning_callbacks(metric)],
         recorder=recorder, trainable_names=[n for n, p in model.named_parameters() if p.requires_grad],
         keep_checkpoints=tcfg.get("keep_checkpoints"), nonfinite=str(tcfg.get("nonfinite_loss", "stop")),
         skipped_batches=skipped, param_groups=param_groups, loss_metrics=task.loss_metrics,
