@@ -108,3 +108,10 @@ def test_the_bitsandbytes_kernel_warning_is_held_back_and_only_that():
         logger.removeHandler(handler)
     assert seen == ["another bitsandbytes warning"]
     assert any("no kernels" in m for m in modeling._HoldBnbKernelWarning.held)  # given back to a QLoRA run
+
+
+def test_the_assets_command_prints_no_runpy_warning():
+    """``python -m lsr_adapt.assets`` once printed runpy's "found in sys.modules ... unpredictable
+    behaviour" warning: the package's import had already imported the module it runs."""
+    proc = cli("list", module="lsr_adapt.assets")
+    assert proc.returncode == 0 and "RuntimeWarning" not in proc.stderr, proc.stderr

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from .adapters import adapter_layers, apply_adapter, logical_numel
-from .assets import path as asset_path
 from .errors import LsrAdaptError, first_line
 from .smoke import tiny_checkpoint
 
@@ -339,6 +338,8 @@ def model_path_of(model_cfg) -> str:
     if model_cfg.get("tiny"):
         return str(tiny_checkpoint(model_cfg.family))
     if model_cfg.get("asset"):
+        from .assets import path as asset_path  # here: `python -m lsr_adapt.assets` must not find it imported
+
         return str(asset_path(model_cfg.asset))
     return str(model_cfg.name_or_path)
 
