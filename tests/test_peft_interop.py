@@ -16,11 +16,18 @@ import warnings
 
 import pytest
 import torch
-from conftest import SMALL_RUN, assert_one_line_error, cli, run_train, tiny_batch, tiny_classifier
+from conftest import SMALL_RUN, cli, run_train, tiny_batch, tiny_classifier
 from tolerances import EPS32, assert_fp32_close, forward_terms
 
 from lsr_adapt.adapters import adapter_layers
-from lsr_adapt.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LSR_ADAPT_CONFIG, load_run, save_adapter
+from lsr_adapt.artifacts import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    LSR_ADAPT_CONFIG,
+    load_run,
+    save_adapter,
+    save_run_adapter,
+)
 from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.modeling import prepare_model
 from lsr_adapt.smoke import tiny_checkpoint
@@ -72,43 +79,53 @@ def _check_run_dir_opens_in_peft(run_dir, *, use_rslora: bool, use_dora: bool) -
     assert_fp32_close(_logits(merged, batch), want, terms=forward_terms(run.model, batch) + HEAD_TERMS)
 
 
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lora_run")
-    run_train(d, *SMALL_RUN)  # experiment=smoke: roberta_lora, r=8 on query/value
-    return d
-
-
-def test_lora_run_dir_opens_in_peft(lora_run):
-    _check_run_dir_opens_in_peft(lora_run, use_rslora=False, use_dora=False)
-
-
-def test_a_damaged_peft_layout_run_is_refused(lora_run, tmp_path):
-    """The checksum in lsr_adapt_config.json covers the peft-named weights file."""
-    import shutil
-
-    from lsr_adapt.artifacts import load_adapter
-
-    copy = tmp_path / "copy"
-    shutil.copytree(lora_run, copy)
-    data = bytearray((copy / ADAPTER_WEIGHTS).read_bytes())
-    data[-1] ^= 0x01  # a flipped bit in the last tensor's data: the file still parses
-    (copy / ADAPTER_WEIGHTS).write_bytes(bytes(data))
-    with pytest.raises(LsrAdaptError, match="does not match the checksum"):
-        load_adapter(tiny_classifier().model, copy)
-
-
-@pytest.mark.slow  # two more training runs (~20 s each on 2 cores)
-@pytest.mark.parametrize("model, use_rslora, use_dora", [("roberta_rslora", True, False),
+@pytest.mark.slow  # a training run each (~20 s on 2 cores); test_lora_family_adapter_dirs_open_in_peft is the fast check
+@pytest.mark.parametrize("model, use_rslora, use_dora", [("roberta_lora", False, False),
+                                                         ("roberta_rslora", True, False),
                                                          ("roberta_dora", False, True)])
-def test_rslora_and_dora_run_dirs_open_in_peft(tmp_path, model, use_rslora, use_dora):
+def test_lora_rslora_and_dora_run_dirs_open_in_peft(tmp_path, model, use_rslora, use_dora):
     run_train(tmp_path, *SMALL_RUN, f"model={model}")
     _check_run_dir_opens_in_peft(tmp_path, use_rslora=use_rslora, use_dora=use_dora)
 
 
+@pytest.mark.parametrize("method, cfg", [("lora", {"r": 4}), ("lora", {"r": 4, "use_rslora": True}),
+                                         ("dora", {"r": 4})])
+def test_lora_family_adapter_dirs_open_in_peft(tmp_path, method, cfg):
+    """What train() saves (save_run_adapter), without the training: peft's model from the dir gives
+    the live model's logits, and lsr-adapt loads the same dir back bit for bit."""
+    from lsr_adapt.artifacts import load_adapter
+
+    live = _saved(tmp_path, method, cfg, run_layout=True)
+    assert (tmp_path / LSR_ADAPT_CONFIG).is_file()
+    with warnings.catch_warnings():  # peft warns about any key of adapter_config.json it does not know
+        warnings.simplefilter("error")
+        config = peft.PeftConfig.from_pretrained(str(tmp_path))
+    assert (config.use_rslora, config.use_dora) == (bool(cfg.get("use_rslora")), method == "dora")
+    batch = tiny_batch(live.tokenizer, n=6)
+    want = _logits(live.model, batch)
+    model = peft.PeftModel.from_pretrained(_base(), str(tmp_path))
+    assert_fp32_close(_logits(model, batch), want, terms=forward_terms(live.model, batch) + HEAD_TERMS)
+    ours = tiny_classifier().model
+    load_adapter(ours, tmp_path)
+    assert torch.equal(_logits(ours, batch), want)  # the same tensors, the same layers: bit for bit
+
+
+def test_a_damaged_peft_layout_dir_is_refused(tmp_path):
+    """The checksum in lsr_adapt_config.json covers the peft-named weights file."""
+    from lsr_adapt.artifacts import load_adapter
+
+    _saved(tmp_path, "lora", {"r": 4}, run_layout=True)
+    data = bytearray((tmp_path / ADAPTER_WEIGHTS).read_bytes())
+    data[-1] ^= 0x01  # a flipped bit in the last tensor's data: the file still parses
+    (tmp_path / ADAPTER_WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(LsrAdaptError, match="does not match the checksum"):
+        load_adapter(tiny_classifier().model, tmp_path)
+
+
 # -- export --format lora: the exact rank by default ----------------------------------------------------
-def _saved(tmp_path, method: str, cfg: dict):
-    """A tiny classifier with ``method`` whose adapter and head hold random non-zero values, saved."""
+def _saved(tmp_path, method: str, cfg: dict, run_layout: bool = False):
+    """A tiny classifier with ``method`` whose adapter and head hold random non-zero values, saved
+    by ``save_adapter`` (lsr-adapt's layout) or, ``run_layout``, as train() saves a run's adapter."""
     loaded = tiny_classifier()
     prepare_model(loaded, method, dict(cfg), ["query", "value"])
     g = torch.Generator().manual_seed(0)
@@ -118,7 +135,8 @@ def _saved(tmp_path, method: str, cfg: dict):
                 p.add_(torch.randn(p.shape, generator=g) * 0.2)
     loaded.model.eval()
     mcfg = loaded.method_config
-    save_adapter(loaded.model, tmp_path, {
+    save = save_run_adapter if run_layout else save_adapter
+    save(loaded.model, tmp_path, {
         "adaptation_type": method, "method_config": dataclasses.asdict(mcfg),
         "base_model": "tiny-roberta", "loaded_from": str(tiny_checkpoint("roberta")), "num_labels": 2,
         "task": "test", "task_type": "classification", "text_fields": ["sentence"]})
@@ -151,11 +169,15 @@ def test_export_lora_takes_the_exact_rank_of_an_lsr_adapter(tmp_path, capsys):
     assert f"relative Frobenius error {report['relative_error']:.3e}" in out and report["relative_error"] > 0.05
 
 
-def test_export_lora_of_dora_needs_a_rank(tmp_path):
+def test_export_lora_of_dora_needs_a_rank(tmp_path, capsys):
+    from lsr_adapt.export import main
+
     _saved(tmp_path / "dora", "dora", {"r": 4})
-    proc = cli("--run", str(tmp_path / "dora"), "--format", "lora", "--out", str(tmp_path / "x"),
-               module="lsr_adapt.export")
-    assert_one_line_error(proc, "--format lora needs --rank R", "no low-rank bound")
+    with pytest.raises(SystemExit) as e:
+        main(["--run", str(tmp_path / "dora"), "--format", "lora", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert "--format lora needs --rank R" in err and "no low-rank bound" in err
     assert not (tmp_path / "x").exists()
 
 
