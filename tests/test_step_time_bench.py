@@ -40,5 +40,5 @@ def test_tiny_rehearsal_covers_both_scales_and_the_cpu_modes(tmp_path):
     assert all(r["ms"] > 0 for r in rows)
     profiles = json.loads((tmp_path / "tiny.profile.json").read_text())["profiles"]
     assert len(profiles) == len(rows) and all(p["aten_ops"] > 0 and p["top_ops"] for p in profiles)
-    assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == sorted(
+    assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == sorted(  # lsr: eager and compiled
         f"{s}.lsr.{m}.json.gz" for s in ("roberta", "llama1b") for m in ("eager", "compiled"))
