@@ -81,6 +81,8 @@ PREDICT = [
     (["--file", "{w}/in.csv", "--out", "{w}/mine"], ["--out {w}/mine", "a directory; give a file path"]),
     # part 3: every option
     (["--text", "hi", "--batch-size", "0"], ["--batch-size 0", "must be an integer >= 1"]),
+    (["--text", "hi", "--batch-size", "x"], ["argument --batch-size: invalid int value: 'x'"]),  # argparse's own
+    (["--text", "hi", "--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
     (["--file", "{w}/in.csv", "--out", "{w}/p.csv", "--batch-size", "-4"], ["--batch-size -4"]),
     (["--eval-split", "validation", "--out", "{w}/afile/m.json"], ["--out {w}/afile/m.json", "{w}/afile is a file"]),
     (["--file", "{w}/in.csv", "--out", "{w}/afile/deeper/p.csv"], ["{w}/afile is a file, not a directory"]),
@@ -134,6 +136,7 @@ EXPORT = [
     (["--format", "lora", "--rank", "0", "--out", "{w}/e"], ["--rank 0: must be an integer >= 1"]),
     (["--format", "lora", "--rank", "-2", "--out", "{w}/e"], ["--rank -2"]),
     (["--format", "peft", "--rank", "2", "--out", "{w}/e"], ["--rank applies to --format lora only"]),
+    (["--format", "peft"], ["the following arguments are required: --out"]),
     (["--format", "gguf", "--out", "{w}/e"], ["unknown export format 'gguf'; valid choices: lokr, lora, merged, peft"]),
     (["--format", "peft", "--out", "{w}/e", "--base", "{w}/no/such/base"], ["--base {w}/no/such/base"]),
     (["--format", "lokr", "--out", "{w}/e"], ["--format lokr exports single-term LSR adapters; this one is 'lora'"]),
@@ -162,6 +165,7 @@ GENERATE = [
     (["--seed", "-1"], ["--seed -1"]),
     (["--seed", str(2**32)], [f"--seed {2**32}"]),
     (["--merged", "--no-adapter"], ["--merged and --no-adapter exclude each other"]),
+    (["--temperature", "warm"], ["argument --temperature: invalid float value: 'warm'"]),
     (["--device", "tpu9"], ["--device 'tpu9'"]),
     (["--base", "{w}/no/such/base"], ["--base {w}/no/such/base: no such directory"]),
     # the tiny GPT-2 has 128 positions: refused from its config.json alone, or with the prompt counted
@@ -198,6 +202,7 @@ REPORT = [
     (["{w}/nope"], ["{w}/nope is not a directory"]),
     (["{w}/afile"], ["{w}/afile is not a directory"]),
     (["{w}/mine"], ["nothing to report"]),
+    ([], ["the following arguments are required: dirs"]),
 ]
 
 
@@ -276,6 +281,15 @@ def test_max_length_beyond_the_positions_through_main_py(tmp_path):
     run = tmp_path / "run"
     proc = cli("experiment=smoke", "data.max_length=600", "logger=none", f"hydra.run.dir={run}")
     assert_one_line_error(proc, *LIMIT_LINE, run_dir=run)
+
+
+def test_generation_limit_of_rotary_models_is_their_trained_context():
+    from transformers import GPT2Config, LlamaConfig
+
+    from lsr_adapt.generate import generation_limit
+
+    assert generation_limit(LlamaConfig(max_position_embeddings=8192)) == 8192  # SmolLM2: 8192
+    assert generation_limit(GPT2Config(n_positions=1024)) == 1024
 
 
 def test_position_limits_of_the_families():

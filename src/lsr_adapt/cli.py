@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -38,6 +39,14 @@ def log_to_files(level: int, message: str) -> None:
             if isinstance(h, logging.FileHandler) and record.levelno >= h.level:
                 h.handle(record)
         logger = logger.parent if logger.propagate else None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the error contract: a bad or missing option is one ``error: ...`` line (naming
+    the option, as argparse words it) and exit status 2, not a usage block ending in ``prog: error:``."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(LsrAdaptError(f"{message} (see {self.prog} --help)"))
 
 
 # Hydra's flags that take a value (``--info`` and ``--cfg`` take one word; overrides contain '=').

@@ -16,7 +16,6 @@ The output directory is built beside ``--out`` and renamed into place: there is 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -27,7 +26,7 @@ from .adapters import adapter_layers, merge_and_unload, replace_modules
 from .adapters.qlora import dequantize
 from .artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_run, saved_run
 from .artifacts.peft_format import exact_lora_rank, peft_lokr, peft_lora, svd_lora
-from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
+from .cli import ArgumentParser, add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError, choices_error
 from .iofiles import publish_dir, write_json
 from .outpaths import check_output_dir
@@ -162,7 +161,7 @@ def summary(report: dict, out) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m lsr_adapt.export", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m lsr_adapt.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory (or adapter directory) to export")
     p.add_argument("--format", required=True, dest="fmt", help=f"one of {', '.join(FORMATS)}")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")

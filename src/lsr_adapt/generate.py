@@ -12,14 +12,13 @@ comparison. Greedy decoding unless ``--temperature`` > 0.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 
 from .adapters import merge_adapters, unmerge_adapters
 from .artifacts import LoadedRun, load_run, saved_run
-from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
+from .cli import ArgumentParser, add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError
 from .modeling import local_config, position_limit
 
@@ -55,7 +54,7 @@ def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 40, merged: bool
     ids = prompt_ids(tok, prompt).to(device)
     if ids.shape[1] == 0:
         raise LsrAdaptError(f"--prompt {prompt!r}: gives no tokens (and the tokenizer adds no BOS); give some text")
-    limit = position_limit(model.config)
+    limit = generation_limit(model.config)
     if limit is not None and ids.shape[1] + max_new_tokens > limit:
         raise LsrAdaptError(f"--max-new-tokens {max_new_tokens}: the prompt's {ids.shape[1]} tokens plus "
                             f"{max_new_tokens} new ones exceed the model's {limit} positions; use "
@@ -73,6 +72,16 @@ def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 40, merged: bool
         if merged:
             unmerge_adapters(model)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def generation_limit(config) -> int | None:
+    """The most positions a generation may fill: the learned position table (``position_limit``), or
+    for rotary positions the context the model was trained for (beyond it RoPE runs, but untested)."""
+    limit = position_limit(config)
+    if limit is None:
+        n = getattr(config, "max_position_embeddings", None)
+        limit = n if isinstance(n, int) and n > 0 else None
+    return limit
 
 
 MAX_SEED = 2**32  # numpy's and CUDA's generators take seeds below this
@@ -99,7 +108,7 @@ def run_cli(args) -> None:
         raise LsrAdaptError("--merged and --no-adapter exclude each other (--no-adapter: the base model alone)")
     base = saved_run(args.run, args.base)[3]
     config = local_config(base)  # the position limit from config.json, before the weights load
-    limit = None if config is None else position_limit(config)
+    limit = None if config is None else generation_limit(config)
     if limit is not None and args.max_new_tokens >= limit:
         raise LsrAdaptError(f"--max-new-tokens {args.max_new_tokens}: the model takes {limit} positions in all, "
                             f"prompt included; use fewer")
@@ -111,7 +120,7 @@ def run_cli(args) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m lsr_adapt.generate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m lsr_adapt.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a causal_lm run directory")
     p.add_argument("--prompt", required=True, action="append", help="text to continue (repeat for several)")
     p.add_argument("--max-new-tokens", type=int, default=40)

@@ -12,7 +12,6 @@ metrics on a split of its dataset (``--data key=value`` overrides the run's ``da
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -24,7 +23,7 @@ import torch
 import yaml
 
 from .artifacts import LoadedRun, load_run
-from .cli import add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
+from .cli import ArgumentParser, add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
 from .modeling import check_max_length, position_limit
@@ -275,7 +274,7 @@ def run_cli(args) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m lsr_adapt.predict", description="Predict with a saved run.")
+    p = ArgumentParser(prog="python -m lsr_adapt.predict", description="Predict with a saved run.")
     p.add_argument("--run", required=True, help="run directory (adapter_config.json + adapter_model.safetensors)")
     p.add_argument("--text", help="one input text")
     p.add_argument("--text-pair", help="its second text (sentence-pair tasks)")

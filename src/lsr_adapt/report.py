@@ -26,7 +26,6 @@ cannot be read. Every output is written atomically (``iofiles.atomic_path``).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -749,9 +748,9 @@ def build_report(dirs: list[Path], out: Path | None = None, plots: bool = True) 
 
 
 def main(argv=None) -> None:
-    from .cli import exit_on_user_error
+    from .cli import ArgumentParser, exit_on_user_error
 
-    p = argparse.ArgumentParser(prog="python -m lsr_adapt.report", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m lsr_adapt.report", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories (searched recursively)")
     p.add_argument("--out", type=Path, default=None,
                    help="where to write the report (default: the first dir; beside it, RUN_DIR-report/, "
