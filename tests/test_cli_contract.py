@@ -116,6 +116,13 @@ def test_predict_refuses_each_bad_option_in_one_line(work, capsys, args, words):
     _refused(main, run + args, words, work, capsys)
 
 
+def test_predict_refuses_a_causal_lm_run(work, capsys):
+    from lsr_adapt.predict import main
+
+    _refused(main, ["--run", "{lm}", "--text", "hi"], ["{lm}: a causal_lm run", "use python -m lsr_adapt.generate"],
+             work, capsys)
+
+
 def test_predict_without_such_run(work, capsys):
     from lsr_adapt.predict import main
 
@@ -281,6 +288,26 @@ def test_max_length_beyond_the_positions_through_main_py(tmp_path):
     run = tmp_path / "run"
     proc = cli("experiment=smoke", "data.max_length=600", "logger=none", f"hydra.run.dir={run}")
     assert_one_line_error(proc, *LIMIT_LINE, run_dir=run)
+
+
+def test_max_length_null_truncates_at_the_positions_when_the_tokenizer_records_no_limit(tmp_path):
+    """A tokenizer_config.json without model_max_length (transformers then reports ~1e30): a long text
+    is cut at the model's 128 positions, not passed whole to an index error."""
+    from lsr_adapt.smoke import WORDS, tiny_checkpoint
+    from lsr_adapt.tasks import get_task
+
+    d = _local_copy(tiny_checkpoint("roberta"), tmp_path / "nolimit")
+    tok_cfg = json.loads((d / "tokenizer_config.json").read_text())
+    tok_cfg.pop("model_max_length")
+    (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    data = compose("experiment=smoke", "data.max_length=null").data
+    loaded = get_task(data).load(str(d), data, None)
+    ids = loaded.tokenizer(" ".join(WORDS[i % len(WORDS)] for i in range(500)), truncation=True)["input_ids"]
+    assert len(ids) == 128
+    import torch
+
+    with torch.no_grad():  # the model takes it
+        loaded.model(input_ids=torch.tensor([ids]))
 
 
 def test_generation_limit_of_rotary_models_is_their_trained_context():

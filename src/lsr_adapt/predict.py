@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from .artifacts import LoadedRun, load_run
+from .artifacts import LoadedRun, load_run, saved_run
 from .cli import ArgumentParser, add_run_loading_args, exit_on_user_error, quiet_hf, run_loading_kwargs
 from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
@@ -259,6 +259,10 @@ def check_args(args) -> None:
 
 def run_cli(args) -> None:
     check_args(args)
+    task_type = saved_run(args.run, args.base)[1].get("task_type")
+    if task_type == "causal_lm":  # no label to predict: its model continues text
+        raise LsrAdaptError(f"{args.run}: a causal_lm run, not a classification one; use python -m lsr_adapt.generate "
+                            f"--run {args.run} --prompt TEXT for it")
     run = load_run(args.run, **run_loading_kwargs(args), device=args.device)
     if args.text is not None:
         pred = predict_texts(run, [args.text], None if args.text_pair is None else [args.text_pair])[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..data import prepare_splits
 from ..metrics import compute, mean_loss
-from ..modeling import check_max_length, check_max_length_before_loading, load_classifier
+from ..modeling import check_max_length, check_max_length_before_loading, load_classifier, position_limit
 from . import Task
 
 
@@ -24,6 +24,12 @@ def _load(name_or_path: str, data_cfg, model_cfg=None):
     check_max_length_before_loading(name_or_path, max_length)
     loaded = load_classifier(name_or_path, int(data_cfg.num_labels), pooling=str(pooling) if pooling else None)
     check_max_length(loaded.model.config, max_length)
+    limit = position_limit(loaded.model.config)
+    tok = loaded.tokenizer
+    if limit is not None and not (0 < (tok.model_max_length or 0) <= limit):
+        # data.max_length=null truncates at the tokenizer's limit: one that records none (~1e30) or
+        # more than the model's positions would let a long text through to an index error
+        tok.model_max_length = limit
     return loaded
 
 
