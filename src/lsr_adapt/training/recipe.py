@@ -73,9 +73,9 @@ def validate(cfg: DictConfig) -> None:
     choices (``config_schema``); the precision this machine can run; the trackers; libraries new enough."""
     validate_config(cfg)
     precision_of(str(cfg.training.get("precision", "auto")))  # fp16 needs CUDA
+    tracker_names(cfg)  # each tracker known and installed
     compat.check_versions()
 
-    tracker_names(cfg)  # each tracker known and installed
 
 # -- 2. model + adapter --------------------------------------------------------------------------------
 @dataclass
