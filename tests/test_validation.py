@@ -75,7 +75,7 @@ def test_shipped_combinations_validate():
     (["training.logging_steps=0"], "training.logging_steps=0: must be an integer >= 1"),
     (["training.gradient_checkpointing=maybe"], "training.gradient_checkpointing='maybe': must be true or false"),
     (["training.callbacks=[1]"], "training.callbacks=[1]: must be a list of {_target_:"),
-    (["+training.lr=1e-4"], "unknown key training.lr; valid keys: batch_size, callbacks, "),
+    (["+training.lr=1e-4"], "unknown key training.lr; valid keys: args, batch_size, callbacks, "),
     (["data.max_length=0"], "data.max_length=0: must be an integer >= 1 (tokens), or null"),
     (["data.max_train_samples=0"], "data.max_train_samples=0: must be an integer >= 1, or null"),
     (["data.num_labels=-1"], "data.num_labels=-1: must be an integer >= 0"),
