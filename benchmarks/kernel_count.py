@@ -5,7 +5,7 @@
 One ``nn.Linear(768, 768)`` (frozen, with bias), 8 × 64 tokens whose input requires a gradient,
 CPU bf16 autocast (the stand-in for a CUDA bf16 step), counted with a ``TorchDispatchMode``:
 "ops" are all aten ops reaching the dispatcher, "kernels" those that are neither views nor bare
-allocations (the same sets as tests/test_kernel_budget.py, which holds the budgets). Exact and
+allocations (``lsr_adapt.kernel_count``, shared with tests/test_kernel_budget.py, which holds the budgets). Exact and
 repeatable: it counts, it does not time. Free of Hydra, like benchmarks/step_time.py.
 """
 
@@ -13,35 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout, installed or not
-
-# as in tests/test_kernel_budget.py: views/aliases launch nothing; bare allocations (and the
-# backward's seed ``ones_like``, the same in every variant) are not counted as kernels
-VIEW_OPS = frozenset({
-    "view", "_unsafe_view", "_reshape_alias", "reshape", "t", "transpose", "permute", "expand", "unsqueeze",
-    "squeeze", "as_strided", "alias", "detach", "slice", "select", "narrow", "diagonal", "unfold", "split",
-    "unbind", "view_as", "lift_fresh",
-})
-ALLOC_OPS = frozenset({
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "ones_like", "zeros_like",
-})
-
-
-class _Recorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
+from lsr_adapt.kernel_count import count_step  # noqa: E402  (after the path above)
 
 
 def _base():
@@ -87,14 +65,9 @@ LAYERS = {
 
 
 def count(layer: nn.Module) -> dict:
-    x = torch.randn(8, 64, 768, requires_grad=True)
-    with _Recorder() as rec:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = layer(x)
-        y.sum().backward()
-    per_op = Counter(rec.ops)
-    kernels = sum(n for op, n in per_op.items() if op not in VIEW_OPS and op not in ALLOC_OPS)
-    return {"ops": len(rec.ops), "kernels": kernels, "per_op": dict(sorted(per_op.items()))}
+    out = count_step(layer)
+    out.pop("input")
+    return out
 
 
 def main(argv=None):

@@ -11,44 +11,18 @@ for every adapted layer but the first.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
 from tolerances import assert_fp32_close
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from lsr_adapt import kernel_count
 from lsr_adapt.adapters.dora import DoRALinear
 from lsr_adapt.adapters.lora import LoRALinear
 from lsr_adapt.adapters.lsr import LSRLinear
 
-# Ops that launch no kernel: views and aliases only rewrite a tensor's sizes and strides (a GPU never
-# sees them; they cost only the dispatcher's Python-free C++ overhead) ...
-VIEW_OPS = frozenset({
-    "view", "_unsafe_view", "_reshape_alias", "reshape", "t", "transpose", "permute", "expand", "unsqueeze",
-    "squeeze", "as_strided", "alias", "detach", "slice", "select", "narrow", "diagonal", "unfold", "split",
-    "unbind", "view_as", "lift_fresh",
-})
-# ... and bare allocations (the caching allocator hands out memory without a launch). ``ones_like``
-# is the backward's seed gradient (a fill), the same one in every variant; counting it as an
-# allocation keeps the numbers those of issue 22 (frozen Linear 7 kernels, LoRA α=16 20).
-ALLOC_OPS = frozenset({
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "ones_like", "zeros_like",
-})
-
 LSR_OPS_OVER_LORA, LSR_KERNELS_OVER_LORA = 13, 7  # issue 22's budget (it measured +36 / +13 before)
 DORA_KERNELS_OVER_LORA = 11  # (+15 before)
-
-
-class _Recorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 def _layer(kind: str) -> nn.Module:
@@ -64,16 +38,10 @@ def _layer(kind: str) -> nn.Module:
 
 def count_step(layer: nn.Module) -> dict:
     """(ops, kernels, per-op counts) of forward + backward of ``layer`` under CPU bf16 autocast."""
-    x = torch.randn(8, 64, 768, requires_grad=True)
-    with _Recorder() as rec:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = layer(x)
-        y.sum().backward()
+    out = kernel_count.count_step(layer)
     # the budget must not be met by skipping work: every gradient is there
-    assert x.grad is not None and all(p.grad is not None for p in layer.adapter_parameters().values())
-    per_op = Counter(rec.ops)
-    kernels = sum(n for op, n in per_op.items() if op not in VIEW_OPS and op not in ALLOC_OPS)
-    return {"ops": len(rec.ops), "kernels": kernels, "per_op": per_op}
+    assert out["input"].grad is not None and all(p.grad is not None for p in layer.adapter_parameters().values())
+    return out
 
 
 @pytest.fixture(scope="module")
