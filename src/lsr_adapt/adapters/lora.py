@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import LsrAdaptError
 from .base import AdapterLayer, add_low_rank
 from .registry import register_method
 
@@ -21,7 +22,7 @@ class LoRAConfig:
 
     def __post_init__(self):
         if int(self.r) < 1:
-            raise ValueError(f"LoRA rank r must be >= 1, got {self.r}")
+            raise LsrAdaptError(f"LoRA rank r must be >= 1, got {self.r}")
 
 
 class LoRALinear(AdapterLayer):

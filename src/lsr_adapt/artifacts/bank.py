@@ -20,7 +20,7 @@ from ..adapters import adapter_entry_names, adapter_layers, get_method, replace_
 from ..adapters.base import SUPPORTED_BASE_LAYERS
 from ..errors import LsrAdaptError
 from .fingerprint import fingerprint_problem
-from .format import Artifact, adapter_files, read_adapter_config, read_adapter_weights
+from .format import Artifact, adapter_files, is_peft_config, read_adapter_config, read_adapter_weights
 from .peft_format import artifact_from_peft
 
 
@@ -29,7 +29,7 @@ def artifact_from_dir(path, check_checksum: bool = True) -> Artifact:
     cfg_file, weights_file = adapter_files(path)
     cfg = read_adapter_config(path)
     tensors = read_adapter_weights(path, cfg, check_checksum)
-    if "peft_type" in cfg:
+    if is_peft_config(cfg):
         return artifact_from_peft(cfg, cfg_file, weights_file, tensors)
     try:
         method = get_method(str(cfg["adaptation_type"]))

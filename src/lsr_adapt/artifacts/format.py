@@ -215,6 +215,11 @@ def _check_sum(path: Path, data: bytes, sha256: str | None) -> None:
                             f"--no-checksum-check")
 
 
+def is_peft_config(cfg: dict) -> bool:
+    """An adapter config that peft wrote (or lsr-adapt wrote in peft's layout): it has ``peft_type``."""
+    return "peft_type" in cfg
+
+
 def read_adapter_config(path) -> dict:
     """The adapter config of a directory, checked for the keys lsr-adapt needs: lsr-adapt's record
     (``lsr_adapt_config.json`` in the peft layout, ``adapter_config.json`` otherwise), or the
@@ -223,7 +228,7 @@ def read_adapter_config(path) -> dict:
     if (cfg_file.parent / LSR_ADAPT_CONFIG).is_file():
         cfg_file = cfg_file.parent / LSR_ADAPT_CONFIG
     cfg = read_json(cfg_file)
-    if "peft_type" in cfg and cfg_file.name == ADAPTER_CONFIG:
+    if is_peft_config(cfg) and cfg_file.name == ADAPTER_CONFIG:
         return cfg
     if cfg.get("format", FORMAT) != FORMAT:
         raise LsrAdaptError(f"{cfg_file}: unknown adapter format {cfg.get('format')!r}; valid choices: {FORMAT}, peft")
@@ -238,7 +243,7 @@ def read_adapter_weights(path, cfg: dict, check_checksum: bool = True) -> dict[s
     _, weights_file = adapter_files(path)
     # the checksum is of the safetensors file save_adapter wrote; a legacy .bin predates checksums
     expected = cfg.get(CHECKSUM_KEY) if check_checksum and weights_file.name == ADAPTER_WEIGHTS else None
-    if check_checksum and expected is None and "peft_type" not in cfg:
+    if check_checksum and expected is None and not is_peft_config(cfg):
         log.warning("%s records no checksum (saved by an older lsr-adapt): its integrity is not verified",
                     weights_file)
     tensors = read_weights(weights_file, sha256=expected)

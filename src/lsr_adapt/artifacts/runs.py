@@ -14,7 +14,7 @@ from ..errors import LsrAdaptError, first_line
 from ..modeling import model_path_of
 from ..tasks import get_task
 from .bank import load_adapter
-from .format import FUNCTION_NEUTRAL_OPTIONS, adapter_files, config_dict, read_adapter_config
+from .format import FUNCTION_NEUTRAL_OPTIONS, adapter_files, config_dict, is_peft_config, read_adapter_config
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # -- continuing a run ------------------------------------------------------------------------------
 def check_compatible(saved: dict, adaptation_type: str, method_config, source: str) -> None:
     """A run configured as (``adaptation_type``, ``method_config``) can start from the saved adapter."""
-    saved_type = saved.get("adaptation_type", "lora (peft)" if "peft_type" in saved else None)
+    saved_type = saved.get("adaptation_type", "lora (peft)" if is_peft_config(saved) else None)
     if saved_type != adaptation_type:
         raise LsrAdaptError(f"{source}: the saved adapter is {saved_type!r} but this run configures "
                             f"model.adaptation_type={adaptation_type!r}; set it to {saved_type!r}")
@@ -40,7 +40,7 @@ def init_from_run(model: nn.Module, run_dir, adaptation_type: str, method_config
     """Start a run from a saved adapter (and head, when the label count is the same)."""
     cfg_file, _ = adapter_files(run_dir)
     saved = read_adapter_config(run_dir)
-    if "peft_type" in saved:
+    if is_peft_config(saved):
         raise LsrAdaptError(f"{cfg_file}: init_from takes an lsr-adapt run or adapter directory, not a peft one")
     check_compatible(saved, adaptation_type, method_config, str(cfg_file))
     mine, theirs = sorted(adapter_layers(model)), sorted(saved.get("target_modules") or [])
@@ -135,7 +135,7 @@ def saved_run(run_dir, base: str | None = None) -> tuple[Path, dict, object, str
     run_dir = Path(run_dir)
     adapter_files(run_dir)
     adapter_config = read_adapter_config(run_dir)
-    if "peft_type" in adapter_config:
+    if is_peft_config(adapter_config):
         raise LsrAdaptError(f"{run_dir}: a peft adapter directory; load its base model and call "
                             f"load_adapter(model, {str(run_dir)!r})")
     run_config = run_config_of(run_dir)
