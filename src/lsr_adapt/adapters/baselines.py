@@ -32,5 +32,5 @@ class HeadConfig:
     train_base: ClassVar[bool] = False
 
 
-register_method("full", FullConfig, description="every weight trains")
-register_method("head", HeadConfig, description="only the task head trains")
+register_method("full", FullConfig)
+register_method("head", HeadConfig)

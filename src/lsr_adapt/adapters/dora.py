@@ -118,4 +118,4 @@ class DoRALinear(LoRALinear):
         return base + scale.to(base.dtype) * z - wx
 
 
-register_method("dora", DoRAConfig, DoRALinear, description="m ⊙ (W + s·BA) / ‖W + s·BA‖_row")
+register_method("dora", DoRAConfig, DoRALinear)

@@ -144,5 +144,4 @@ def rank_metrics(model: nn.Module, cfg: DyLoRAConfig, evaluate) -> dict:
     return out
 
 
-register_method("dylora", DyLoRAConfig, DyLoRALinear, prepare=install_rank_sampler, after_train=rank_metrics,
-                description="LoRA trained at a random leading rank b ≤ r per step")
+register_method("dylora", DyLoRAConfig, DyLoRALinear, prepare=install_rank_sampler, after_train=rank_metrics)

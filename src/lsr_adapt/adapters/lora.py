@@ -58,4 +58,4 @@ class LoRALinear(AdapterLayer):
         return add_low_rank(self.base_layer(x), self.dropout(x), self.lora_A, self.lora_B.T, self.scaling)
 
 
-register_method("lora", LoRAConfig, LoRALinear, description="W + (α/r)·BA")
+register_method("lora", LoRAConfig, LoRALinear)

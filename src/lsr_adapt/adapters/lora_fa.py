@@ -40,4 +40,4 @@ class LoRAFALinear(LoRALinear):
         self.lora_A.requires_grad_(False)
 
 
-register_method("lora_fa", LoRAFAConfig, LoRAFALinear, description="LoRA with A frozen at init")
+register_method("lora_fa", LoRAFAConfig, LoRAFALinear)

@@ -85,7 +85,7 @@ def lora_plus_param_groups(model: nn.Module, cfg, lr: float, weight_decay: float
 
 
 # methods that change only the optimizer reuse LoRA's / LSR's layers
-register_method("lora_plus", LoRAPlusConfig, LoRALinear, description="LoRA with η_B = lr_ratio·η_A",
+register_method("lora_plus", LoRAPlusConfig, LoRALinear,
                 param_groups=lora_plus_param_groups)
-register_method("lsr_plus", LSRPlusConfig, LSRLinear, description="LSR with η(B₁,B₂) = lr_ratio·η(A₁,A₂)",
+register_method("lsr_plus", LSRPlusConfig, LSRLinear,
                 param_groups=lora_plus_param_groups)

@@ -319,4 +319,4 @@ class LSRLinear(AdapterLayer):
         return (y * self.scaling).reshape(*lead, self.out_features)
 
 
-register_method("lsr", LSRConfig, LSRLinear, description="W + s·Σᵢ (B₁ᵢ⊗B₂ᵢ)(A₁ᵢ⊗A₂ᵢ)")
+register_method("lsr", LSRConfig, LSRLinear)

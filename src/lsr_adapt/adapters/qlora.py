@@ -262,4 +262,4 @@ def qlora_training_args(cfg: QLoRAConfig) -> dict:
 
 
 register_method("qlora", QLoRAConfig, QLoRALinear, prepare=quantize_frozen_linears, training_args=qlora_training_args,
-                after_train=report_weight_memory, description="LoRA over a 4-bit NF4 frozen base")
+                after_train=report_weight_memory)

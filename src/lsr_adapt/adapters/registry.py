@@ -36,7 +36,6 @@ class AdapterMethod:
     config_cls: type
     make_layer: Callable[[nn.Module, Any, str], nn.Module] | None = None
     prepare: Callable[[nn.Module, Any], None] | None = None
-    description: str = ""
     param_groups: Callable[[nn.Module, Any, float, float], list[dict] | None] | None = None
     training_args: Callable[[Any], dict] | None = None
     after_train: Callable[[nn.Module, Any, Callable[[], dict]], dict] | None = None
@@ -61,12 +60,12 @@ class AdapterMethod:
 METHODS: dict[str, AdapterMethod] = {}
 
 
-def register_method(name: str, config_cls: type, make_layer=None, prepare=None, description: str = "",
-                    *, replace: bool = False, **hooks) -> AdapterMethod:
+def register_method(name: str, config_cls: type, make_layer=None, prepare=None, *, replace: bool = False,
+                    **hooks) -> AdapterMethod:
     """Register ``name``; ``hooks`` are the optional training hooks of ``AdapterMethod``."""
     if name in METHODS and not replace:
         raise ValueError(f"adaptation_type {name!r} is already registered")
-    method = AdapterMethod(name, config_cls, make_layer, prepare, description, **hooks)
+    method = AdapterMethod(name, config_cls, make_layer, prepare, **hooks)
     METHODS[name] = method
     return method
 
