@@ -263,6 +263,7 @@ class DataSchema(BaseModel):
     metrics: list[Text] = _f("must be a list of metric names")
     lr: Annotated[Number, Field(gt=0)] | None = _f("must be a number > 0")
     max_length: PositiveInt | None = _f("must be an integer >= 1 (tokens), or null (the tokenizer's limit)")
+    pad_to_max_length: Bool = _f("must be true or false (true: every batch padded to data.max_length, static shapes for CUDA graphs)")
     splits: Annotated[Any, BeforeValidator(_splits)] = _f("must be a mapping from train / validation / test to a split name or null")
     max_train_samples: PositiveInt | None = _f("must be an integer >= 1, or null (all)")
     max_eval_samples: PositiveInt | None = _f("must be an integer >= 1, or null (all)")

@@ -5,7 +5,7 @@
 * ``load(name_or_path, data_cfg, model_cfg) -> LoadedModel``: the model class and its tokenizer /
   feature extractor (sequence classifier, causal LM, Whisper-encoder detector),
 * ``prepare_splits(data_cfg, tokenizer, seed, need_train) -> {"train", "validation", ["test"]}``,
-* ``collator(tokenizer)``, ``compute_metrics(metric_names, data_cfg)`` (None: metrics come from the loss),
+* ``collator(tokenizer, data_cfg)`` (``data.pad_to_max_length``: static batch shapes), ``compute_metrics(metric_names, data_cfg)`` (None: metrics come from the loss),
 * ``loss_metrics``: metrics computed from the evaluation loss, or None (the causal LM's perplexity;
   such evaluations keep no logits),
 * ``training_args(data_cfg)``: extra ``TrainingArguments`` (the GW task's label names).
@@ -46,7 +46,7 @@ class Task:
     name: str
     load: Callable[..., Any]
     prepare_splits: Callable[..., dict]
-    collator: Callable[[Any], Any]
+    collator: Callable[[Any, Any], Any]  # (tokenizer, data_cfg)
     compute_metrics: Callable[[list[str], Any], Callable | None]
     training_args: Callable[[Any], dict] = _no_training_args  # extra TrainingArguments for this task
     loss_metrics: Callable[[float], dict] | None = None  # e.g. {"perplexity": exp(loss)}

@@ -221,7 +221,9 @@ def prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True) 
     return out
 
 
-def _collator(tokenizer):
+def _collator(tokenizer, data_cfg=None):
+    # every block holds data.max_length tokens, so batches are static already (CUDA graphs need no
+    # data.pad_to_max_length here)
     from transformers import default_data_collator
 
     return default_data_collator

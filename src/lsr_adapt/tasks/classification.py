@@ -37,10 +37,18 @@ def _prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True)
     return prepare_splits(data_cfg, tokenizer, seed=seed, need_train=need_train)
 
 
-def _collator(tokenizer):
+def _collator(tokenizer, data_cfg=None):
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer)
+    if data_cfg is not None and data_cfg.get("pad_to_max_length"):
+        # data.pad_to_max_length: every batch (batch, data.max_length), the static shapes CUDA-graph
+        # capture (training.torch_compile_mode=reduce-overhead) replays without re-recording; the
+        # attention mask keeps the extra padding inert. max_length null: the tokenizer's limit, which
+        # is also where tokenize() truncates (_load caps it at the model's positions)
+        max_length = data_cfg.get("max_length")
+        return DataCollatorWithPadding(tokenizer, padding="max_length",
+                                       max_length=None if max_length is None else int(max_length))
+    return DataCollatorWithPadding(tokenizer)  # to each batch's longest row
 
 
 def _compute_metrics(names, data_cfg=None):

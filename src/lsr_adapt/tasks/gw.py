@@ -264,8 +264,8 @@ def _compute_metrics(names, data_cfg=None):
     return compute
 
 
-def _collator(feature_extractor):
-    return GWCollator(feature_extractor)
+def _collator(feature_extractor, data_cfg=None):
+    return GWCollator(feature_extractor)  # pads every window to max_length already: static shapes
 
 
 def _training_args(data_cfg) -> dict:

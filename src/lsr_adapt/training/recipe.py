@@ -177,7 +177,7 @@ def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, 
             return method.param_groups(m, method_cfg, args.learning_rate, args.weight_decay)
     trainer = AdapterTrainer(
         model=model, args=args, train_dataset=splits.get("train"), eval_dataset=splits["validation"],
-        data_collator=task.collator(built.tokenizer), processing_class=built.tokenizer,
+        data_collator=task.collator(built.tokenizer, dcfg), processing_class=built.tokenizer,
         compute_metrics=task.compute_metrics(metric_names, dcfg), callbacks=[recorder, *user_callbacks(tcfg), *pruning_callbacks(metric)],
         recorder=recorder, trainable_names=[n for n, p in model.named_parameters() if p.requires_grad],
         keep_checkpoints=tcfg.get("keep_checkpoints"), nonfinite=str(tcfg.get("nonfinite_loss", "stop")),
