@@ -142,3 +142,53 @@ def test_the_recorded_demo_full_commands_keep_their_settings():
     assert compose("experiment=demo_full", "model=minilm_lsr_plus").model.lsr_plus.num_terms == 11
     assert compose("experiment=demo_full", "model=minilm_rslora").model.lora.alpha == 8  # never had α=16
 
+
+# -- the README's demo table (issue 25) --------------------------------------------------------------
+README_DEMO_COLUMNS = {"head": "minilm_head", "full": "minilm_full", "LoRA": "minilm_lora", "LSR": "minilm_lsr",
+                       "DoRA": "minilm_dora", "LoRA-FA": "minilm_lora_fa", "LoRA+": "minilm_lora_plus"}
+README_SHORT = {"r": "r", "α": "alpha", "t": "num_terms"}
+
+
+def _readme_demo_table() -> list[list[str]]:
+    """The first table after the README's `experiment=demo` command: its rows, cells stripped of bold."""
+    text = (CONF.parent / "README.md").read_text()
+    after = text[text.index("python main.py experiment=demo hydra.sweep.dir="):].splitlines()
+    start = next(i for i, line in enumerate(after) if line.startswith("|"))
+    table = []
+    for line in after[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip().replace("**", "") for c in line.strip().strip("|").split("|")])
+    return [table[0]] + table[2:]  # without the |---| line
+
+
+@pytest.mark.slow
+def test_each_demo_job_composes_to_the_settings_the_readme_names():
+    """The README's demo table names each job's settings in its header ("head (mean pooling)",
+    "full (lr 1e-4)", "LSR r=4 t=5 α=64"): each composes so under experiment=demo, every demo job
+    has a column, and its numbers are docs/demo/report.csv's (the committed runs' report) at 3 places."""
+    import csv
+    import re
+
+    header, *rows = _readme_demo_table()
+    columns = header[1:]
+    models = []
+    for col in columns:
+        name = col.split(" ")[0]
+        model = README_DEMO_COLUMNS[name]
+        models.append(model)
+        cfg = compose("experiment=demo", f"model={model}")
+        m = cfg.model
+        section = m.get(m.adaptation_type) or {}
+        for short, value in re.findall(r"(r|α|t)=([0-9.]+)", col):
+            assert float(section[README_SHORT[short]]) == float(value), (col, short)
+        lr = re.search(r"lr ([0-9.e-]+)", col)
+        assert float(cfg.training.learning_rate) == pytest.approx(float(lr.group(1)) if lr else 1e-3), col
+        assert m.pooling == ("mean" if "mean pooling" in col else "cls"), col
+    assert sorted(models) == sorted(sweeper_params("experiment=demo")["model"].split(","))
+
+    report = {r["method"]: r for r in csv.DictReader((CONF.parent / "docs" / "demo" / "report.csv").open())}
+    by_label = {r[0]: r[1:] for r in rows}
+    for model, val, test in zip(models, by_label["best validation accuracy"], by_label["test accuracy"]):
+        row = report[model.removeprefix("minilm_")]
+        assert (val, test) == (f"{float(row['best_mean']):.3f}", f"{float(row['test_mean']):.3f}"), model
