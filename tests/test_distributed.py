@@ -201,7 +201,10 @@ def test_fsdp_two_processes_match_one_process(tmp_path, model):
     _launch(tmp_path / "two", 2, *EXACT, f"model={model}", "training.fsdp=true", fsdp_on_cpu=True)
     one, two = _run_dir(tmp_path / "one"), _run_dir(tmp_path / "two")
     _compare(one, two)
-    ca, cb = (json.loads((d / "adapter_config.json").read_text()) for d in (one, two))
+    from lsr_adapt.artifacts import read_adapter_config
+
+    # lsr-adapt's record of each run (lsr_adapt_config.json beside peft's files for the LoRA family)
+    ca, cb = (read_adapter_config(d) for d in (one, two))
     assert ca["base_fingerprint"] == cb["base_fingerprint"]  # the gathered base, not one rank's shard
 
 
