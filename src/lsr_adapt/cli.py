@@ -29,16 +29,20 @@ def fail(e: LsrAdaptError) -> NoReturn:
     raise SystemExit(2) from None
 
 
-def log_to_files(level: int, message: str) -> None:
+def log_to_files(level: int, message: str, exc_info=None) -> bool:
     """Log ``message`` to the log files only (a run's ``main.log``): the terminal shows the one
-    ``error:`` line, not a second copy through the console handler (or logging's last resort)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
+    ``error:`` line, not a second copy through the console handler (or logging's last resort).
+    True if a log file took it."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), exc_info)
+    handled = False
     logger: logging.Logger | None = log
     while logger is not None:
         for h in logger.handlers:
             if isinstance(h, logging.FileHandler) and record.levelno >= h.level:
                 h.handle(record)
+                handled = True
         logger = logger.parent if logger.propagate else None
+    return handled
 
 
 class ArgumentParser(argparse.ArgumentParser):

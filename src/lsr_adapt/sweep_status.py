@@ -8,7 +8,7 @@ sweeper counts a ``None`` objective as a failed trial. ``hydra_callbacks.SweepSt
 the failures when the sweep ends and exits non-zero with one line naming them. A single run keeps
 the one-line ``error:`` / exit 2 contract of ``cli.exit_on_user_error`` (``run_job`` lets it pass).
 
-Bottom layer: imports only ``errors``, ``iofiles``, ``runlog``, the standard library and Hydra.
+Bottom layer: imports only ``errors``, ``iofiles``, ``runlog``, ``cli``, the standard library and Hydra.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runlog
+from .cli import log_to_files
 from .errors import LsrAdaptError, RunDirRefused, first_line
 from .iofiles import write_json
 
@@ -63,21 +64,6 @@ def _is_rank0() -> bool:  # torchrun / accelerate: rank 0 alone writes a job's f
     return os.environ.get("RANK", "0") == "0"
 
 
-def _log_traceback_to_files(e: BaseException) -> bool:
-    """Write ``e``'s traceback to the log files only (the job's ``main.log``); True if one took it."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "traceback of the failure above", (),
-                            (type(e), e, e.__traceback__))
-    handled = False
-    logger: logging.Logger | None = log
-    while logger is not None:
-        for h in logger.handlers:
-            if isinstance(h, logging.FileHandler) and record.levelno >= h.level:
-                h.handle(record)
-                handled = True
-        logger = logger.parent if logger.propagate else None
-    return handled
-
-
 def record_failure(job_dir: Path, e: BaseException) -> Path:
     """Write ``<job_dir>/failed.json`` for ``e`` (atomically) and log its line; returns the file."""
     from hydra.core.hydra_config import HydraConfig
@@ -97,7 +83,8 @@ def record_failure(job_dir: Path, e: BaseException) -> Path:
     runlog.start(job_dir)  # the failure is this job's own: its log takes the lines held so far
     write_json(path, record)
     log.error("job failed: %s", line)
-    if not isinstance(e, LsrAdaptError) and not _log_traceback_to_files(e):
+    if not isinstance(e, LsrAdaptError) and not log_to_files(logging.ERROR, "traceback of the failure above",
+                                                             (type(e), e, e.__traceback__)):
         log.error("traceback of the failure above", exc_info=e)  # no log file: the console gets it
     return path
 

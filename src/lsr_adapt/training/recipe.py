@@ -49,12 +49,13 @@ def train(cfg: DictConfig) -> dict:
     out_dir = output_dir_of(cfg)
     with claim(out_dir):
         resume_from = resume_checkpoint(cfg, out_dir)
-        start_records(out_dir, OmegaConf.to_yaml(cfg, resolve=True))
+        record = OmegaConf.to_yaml(cfg, resolve=True)  # the run's config: the run dir's and each checkpoint's
+        start_records(out_dir, record)
         set_seed(int(cfg.training.seed))
         task = get_task(cfg.data)
         built = build_model(cfg, task)
         splits, extra_eval = build_data(cfg, task, built.tokenizer)
-        run = build_trainer(cfg, task, built, splits, out_dir, resume_from)
+        run = build_trainer(cfg, task, built, splits, out_dir, resume_from, record)
         before = evaluate_before(run, built, extra_eval)
         fit(cfg, run, resume_from)
         outcome = evaluate_best(run, built, splits, extra_eval, before, resume_from)
@@ -154,7 +155,7 @@ class TrainerRun:
 
 
 def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, out_dir: Path,
-                  resume_from: Path | None) -> TrainerRun:
+                  resume_from: Path | None, record: str | None = None) -> TrainerRun:
     """The Trainer with its arguments, the epoch recorder and the tracker; a resumed run's trainable
     weights and recorder state put back before the Trainer wraps the model."""
     dcfg, tcfg = cfg.data, cfg.training
@@ -182,7 +183,7 @@ def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, 
         recorder=recorder, trainable_names=[n for n, p in model.named_parameters() if p.requires_grad],
         keep_checkpoints=tcfg.get("keep_checkpoints"), nonfinite=str(tcfg.get("nonfinite_loss", "stop")),
         skipped_batches=skipped, param_groups=param_groups, loss_metrics=task.loss_metrics,
-        run_config=OmegaConf.to_yaml(cfg, resolve=True),  # the text start_records wrote
+        run_config=record,  # each checkpoint keeps it: what a resume must match
     )
     check_fsdp(args, trainer)
     compat.fix_tensorboard_dir(trainer, out_dir)
