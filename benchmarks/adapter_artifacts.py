@@ -41,7 +41,7 @@ def base_model(device: str):
 
 def make_adapter(method: str, cfg: dict, out: Path, device: str, seed: int) -> dict:
     loaded = LoadedModel(base_model(device), None, "roberta-base (random init)")
-    counts = prepare_model(loaded, method, cfg, ["query", "value"])
+    counts = prepare_model(loaded, method, cfg, ["query", "value"]).counts
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in loaded.model.parameters():

@@ -58,7 +58,7 @@ def count(name: str) -> dict:
         model = RobertaForSequenceClassification(roberta_base_config())
     head = [n for n in head_parameter_names(model) if n.startswith("classifier.")]
     loaded = LoadedModel(model, None, "roberta-base", new_param_names=head)
-    counts = prepare_model(loaded, adaptation_type, cfg, ["query", "value"])
+    counts = prepare_model(loaded, adaptation_type, cfg, ["query", "value"]).counts
     return {"method": name, **{k: counts[k] for k in ("trainable_params", "adapter_params", "head_params",
                                                        "total_params")}}
 

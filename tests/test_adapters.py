@@ -206,14 +206,15 @@ def test_only_adapter_and_head_get_gradients():
 
     for method in ("lora", "lsr"):
         loaded = tiny_classifier()
-        counts = prepare_model(loaded, method, None, ["query", "value"])
+        prepared = prepare_model(loaded, method, None, ["query", "value"])
         model = loaded.model.train()
         batch = tiny_batch(loaded.tokenizer)
         model(**batch, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
         with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
         adapters = {f"{ln}.{pn}" for ln, layer in adapter_layers(model).items() for pn in layer.adapter_parameters()}
-        assert with_grad == adapters | set(counts["head_param_names"])
-        assert all(n.startswith("classifier.") for n in counts["head_param_names"])
+        assert with_grad == adapters | set(prepared.head_names)
+        assert all(n.startswith("classifier.") for n in prepared.head_names)
+        counts = prepared.counts
         assert counts["trainable_params"] == counts["adapter_params"] + counts["head_params"]
 
 
@@ -233,8 +234,8 @@ def test_bert_pooler_trains_with_the_head(tmp_path, with_pooler):
     tok.save_pretrained(tmp_path)
     loaded = load_classifier(str(tmp_path), 2)
     assert ("bert.pooler.dense.weight" in loaded.new_param_names) is not with_pooler
-    counts = prepare_model(loaded, "lora", None, None)  # bert default targets: query, value
-    assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} <= set(counts["head_param_names"])
+    prepared = prepare_model(loaded, "lora", None, None)  # bert default targets: query, value
+    assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} <= set(prepared.head_names)
     assert loaded.model.bert.pooler.dense.weight.requires_grad
 
 

@@ -67,12 +67,11 @@ def _adaptation_type(method: str) -> str:
 
 
 def _prepared(method: str, config=None):
-    """(loaded, untouched copy of the base model, parameter counts) for a tiny RoBERTa classifier."""
+    """(loaded, untouched copy of the base model, ``PreparedModel``) for a tiny RoBERTa classifier."""
     loaded = tiny_classifier()
     base = copy.deepcopy(loaded.model).eval()
     cfg = METHOD_CASES[method][0] if config is None and method in METHOD_CASES else (config or {})
-    counts = prepare_model(loaded, _adaptation_type(method), dict(cfg))
-    return loaded, base, counts
+    return loaded, base, prepare_model(loaded, _adaptation_type(method), dict(cfg))
 
 
 @torch.no_grad()
@@ -150,11 +149,11 @@ def test_merge_equals_unmerged_and_unmerge_restores(method):
 
 @pytest.mark.parametrize("method", ADAPTER_METHODS)
 def test_only_intended_parameters_train(method):
-    loaded, _, counts = _prepared(method)
+    loaded, _, prepared = _prepared(method)
     model = loaded.model.train()
     _perturb(model)
     layers = adapter_layers(model)
-    head = set(counts["head_param_names"])
+    head = set(prepared.head_names)
     intended = set(head)
     for ln, layer in layers.items():
         intended |= {f"{ln}.{pn}" for pn in layer.adapter_parameters() if pn not in layer.frozen_params}
@@ -175,7 +174,7 @@ def test_only_intended_parameters_train(method):
 
 @pytest.mark.parametrize("method", ADAPTER_METHODS)
 def test_parameter_counts_match_formulas(method):
-    loaded, _, counts = _prepared(method)
+    loaded, _, prepared = _prepared(method)
     layers = adapter_layers(loaded.model)
     assert len(layers) == 4  # query and value of 2 layers
     per_layer = METHOD_CASES[method][1]
@@ -183,6 +182,7 @@ def test_parameter_counts_match_formulas(method):
         cfg = METHOD_CASES[method][0]
         per_layer = lambda i, o: cfg["num_terms"] * cfg["r"] * (8 + 4 + 8 + 4)  # noqa: E731 - 32 = 8·4
     expected = sum(per_layer(layer.in_features, layer.out_features) for layer in layers.values())
+    counts = prepared.counts
     assert counts["trainable_params"] == expected + counts["head_params"]
     assert counts["head_params"] == 32 * 32 + 32 + 32 * 2 + 2  # classifier.dense + out_proj
     total = sum(p.numel() for p in tiny_classifier().model.parameters())
@@ -338,7 +338,7 @@ def test_dora_forms_no_dense_delta_per_token():
 
 @pytest.mark.parametrize("method,b_names", [("lora_plus", ("lora_B",)), ("lsr_plus", ("lsr_B1", "lsr_B2"))])
 def test_lora_plus_groups_carry_the_right_learning_rates(method, b_names):
-    loaded, _, counts = _prepared(method)
+    loaded, _, prepared = _prepared(method)
     model = loaded.model
     ratio = METHOD_CASES[method][0]["lr_ratio"]
     groups = lora_plus_param_groups(model, METHODS[method].make_config(METHOD_CASES[method][0]), 1e-3, 0.01)
@@ -353,7 +353,7 @@ def test_lora_plus_groups_carry_the_right_learning_rates(method, b_names):
         is_b = name.rsplit(".", 1)[-1] in b_names
         assert lr == pytest.approx(1e-3 * ratio if is_b else 1e-3), name
         assert wd == (0.0 if name.endswith("bias") else 0.01), name
-    assert counts["trainable_params"] == sum(p.numel() for g in groups for p in g["params"])
+    assert prepared.counts["trainable_params"] == sum(p.numel() for g in groups for p in g["params"])
 
 
 def test_lora_plus_ratio_survives_the_trainer(tmp_path, monkeypatch):
@@ -722,13 +722,14 @@ def test_qlora_cuda_trains_with_the_paged_optimizer(tmp_path):
 
 @pytest.mark.parametrize("method", ["full", "head"])
 def test_baselines_train_the_right_parameters(method):
-    loaded, base, counts = _prepared(method)
+    loaded, base, prepared = _prepared(method)
     model = loaded.model
     assert not adapter_layers(model)
     all_names = {n for n, _ in model.named_parameters()}
-    head = set(counts["head_param_names"])
+    head = set(prepared.head_names)
     assert head == {n for n in all_names if n.startswith("classifier.")}
     assert _trainable_names(model) == (all_names if method == "full" else head)
+    counts = prepared.counts
     assert counts["trainable_params"] == (counts["total_params"] if method == "full" else counts["head_params"])
     batch = tiny_batch(loaded.tokenizer)
     torch.testing.assert_close(_logits(model.eval(), batch), _logits(base, batch), rtol=0, atol=0)

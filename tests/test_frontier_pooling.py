@@ -12,7 +12,8 @@ import torch
 from conftest import compose
 
 from lsr_adapt.errors import LsrAdaptError
-from lsr_adapt.modeling import POOLING_ATTR, load_classifier, prepare_model
+from lsr_adapt.modeling import load_classifier, prepare_model
+from lsr_adapt.pooling import POOLING_ATTR
 from lsr_adapt.smoke import WORDS, tiny_checkpoint
 
 TEXTS = [" ".join(WORDS[i % len(WORDS)] for i in range(k, k + n)) for k, n in [(0, 3), (5, 9), (11, 6)]]

@@ -204,7 +204,7 @@ def test_whisper_method_configs_train_the_right_parameters():
         assert compose(f"model={cfg_name}").model.adaptation_type == method
         loaded, cfg = _tiny_detector(sample_rate=2048, duration=2.0)
         section = cfg.model.get(method)
-        counts[method] = prepare_model(loaded, method, dict(section) if section else {}, cfg.model.target_modules)
+        counts[method] = prepare_model(loaded, method, dict(section) if section else {}, cfg.model.target_modules).counts
     head = (2 * 32 + 1) * 16 + 17
     assert counts["head"]["trainable_params"] == head
     assert counts["lora"]["trainable_params"] == head + 2 * 3 * 8 * (32 + 32)  # r=8 on q, k, v in 2 layers

@@ -1,4 +1,7 @@
-"""Load a HF model + tokenizer, apply an adapter method, and decide what trains."""
+"""Load a HF model + tokenizer, apply an adapter method, and decide what trains.
+
+What the head reads (``model.pooling``) is ``pooling.py``; this module applies it when it loads.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from torch import nn
 
 from .adapters import adapter_layers, apply_adapter, logical_numel
 from .errors import LsrAdaptError, first_line
+from .pooling import POOLING_ATTR, set_pooling
 from .smoke import tiny_checkpoint
 
 log = logging.getLogger(__name__)
@@ -225,7 +229,7 @@ def load_classifier(name_or_path: str, num_labels: int, dtype: str | None = None
 
     ``pooling`` (``model.pooling``): what the head reads, ``cls`` (the architecture's own: the first
     token) or ``mean`` (the attention-mask-weighted mean of the last hidden states, as
-    sentence-transformers checkpoints were trained to be read; ``set_pooling``). ``None``: what the
+    sentence-transformers checkpoints were trained to be read; ``pooling.set_pooling``). ``None``: what the
     checkpoint's config records (``config.lsr_adapt_pooling``, e.g. a merged export), else ``cls``.
     """
     from transformers import AutoModelForSequenceClassification
@@ -255,81 +259,6 @@ def load_classifier(name_or_path: str, num_labels: int, dtype: str | None = None
     report_loading(model, info, name_or_path)
     set_pooling(model, pooling if pooling is not None else getattr(model.config, POOLING_ATTR, "cls"))
     return LoadedModel(model, tokenizer, name_or_path, new_param_names=missing)
-
-
-POOLINGS = ("cls", "mean")
-POOLING_ATTR = "lsr_adapt_pooling"  # on model.config: saved with it, so a reloaded / exported model pools the same way
-
-
-def set_pooling(model: nn.Module, pooling: str) -> None:
-    """Make a sequence classifier's head read ``cls`` (unchanged) or the masked ``mean`` of the last hidden states.
-
-    ``mean`` replaces the first-token vector the head would read by the attention-mask-weighted mean
-    over the sequence, then the usual head runs: BERT's pooler (dense + tanh) and classifier,
-    RoBERTa's classification head, DistilBERT's pre_classifier and classifier. It works by forward
-    hooks, so no parameter is added or renamed (the saved adapter and head are the same files) and
-    every method can use it. ``model.config.lsr_adapt_pooling`` records the choice.
-    """
-    if pooling not in POOLINGS:
-        raise LsrAdaptError(f"model.pooling={pooling!r}; valid choices: {', '.join(POOLINGS)}")
-    installed = getattr(model.config, POOLING_ATTR, "cls") == "mean" and getattr(model, "_lsr_adapt_mean_pool", None)
-    if pooling == "mean" and not installed:
-        model._lsr_adapt_mean_pool = _MaskedMeanPooling(model)
-    elif pooling == "cls" and installed:
-        raise LsrAdaptError("this model already pools by mean; load it again for pooling=cls")
-    if pooling != "cls" or hasattr(model.config, POOLING_ATTR):
-        setattr(model.config, POOLING_ATTR, pooling)
-
-
-class _MaskedMeanPooling:
-    """Forward hooks: remember the batch's attention mask, and hand the head the masked mean of the
-    last hidden states where it would read the first token."""
-
-    def __init__(self, model: nn.Module):
-        import threading
-
-        self._state = threading.local()  # DataParallel runs replicas in threads
-        base = model.base_model
-        pooler, head, pre = getattr(base, "pooler", None), getattr(model, "classifier", None), getattr(model, "pre_classifier", None)
-        model.register_forward_pre_hook(self._remember_mask, with_kwargs=True)
-        model.register_forward_hook(self._forget, always_call=True)
-        if isinstance(pooler, nn.Module) and base is not model:  # BERT family: pooler(hidden_states) reads [:, 0]
-            pooler.register_forward_pre_hook(self._pool_sequence)
-        elif isinstance(head, nn.Module) and hasattr(head, "out_proj"):  # RoBERTa family: classifier(features) reads [:, 0]
-            head.register_forward_pre_hook(self._pool_sequence)
-        elif isinstance(pre, nn.Linear) and base is not model:  # DistilBERT: pre_classifier(hidden_state[:, 0])
-            base.register_forward_hook(self._remember_hidden)
-            pre.register_forward_pre_hook(self._pool_first_token)
-        else:
-            raise LsrAdaptError(f"model.pooling=mean is not supported for {type(model).__name__}; supported: "
-                                f"BERT-style poolers, RoBERTa-style classification heads, DistilBERT (or use pooling=cls)")
-
-    def _remember_mask(self, module, args, kwargs):
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        self._state.mask = mask
-        self._state.hidden = None
-
-    def _forget(self, module, args, output):
-        self._state.mask = self._state.hidden = None
-
-    def _remember_hidden(self, module, args, output):
-        self._state.hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-    def _mean(self, hidden: torch.Tensor) -> torch.Tensor:
-        mask = getattr(self._state, "mask", None)
-        if mask is None:
-            return hidden.mean(dim=1)
-        m = mask[:, : hidden.shape[1]].to(hidden.dtype).unsqueeze(-1)
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-
-    def _pool_sequence(self, module, args):
-        return (self._mean(args[0]).unsqueeze(1), *args[1:])
-
-    def _pool_first_token(self, module, args):
-        hidden = getattr(self._state, "hidden", None)
-        if hidden is None:  # called on its own, outside a forward of the whole model: leave it alone
-            return None
-        return (self._mean(hidden), *args[1:])
 
 
 def model_path_of(model_cfg) -> str:
@@ -399,8 +328,20 @@ def parameter_counts(model: nn.Module, head_names) -> dict:
     }
 
 
-def prepare_model(loaded: LoadedModel, adaptation_type: str, method_cfg=None, target_modules=None) -> dict:
-    """Apply the method, mark what trains, and return the parameter counts."""
+@dataclass(frozen=True)
+class PreparedModel:
+    """What ``prepare_model`` made of a loaded model.
+
+    ``counts`` holds numbers only (``parameter_counts``: the keys ``results.json`` records as they
+    are), so the head's names are a field of their own rather than a list inside the counts."""
+
+    model: nn.Module  # the loaded model, its method applied in place
+    counts: dict  # trainable_params, adapter_params, head_params, total_params, percent_trainable
+    head_names: list[str]  # the task head's parameters (``head_parameter_names``; none for a causal LM)
+
+
+def prepare_model(loaded: LoadedModel, adaptation_type: str, method_cfg=None, target_modules=None) -> PreparedModel:
+    """Apply the method, mark what trains, and return the model, its parameter counts and its head."""
     model = loaded.model
     head = head_parameter_names(model, loaded.new_param_names)
     head_modules = sorted({n.rsplit(".", 1)[0] for n in head})
@@ -412,9 +353,7 @@ def prepare_model(loaded: LoadedModel, adaptation_type: str, method_cfg=None, ta
             log.warning("bitsandbytes: %s", message)
         _HoldBnbKernelWarning.held.clear()
     mark_trainable(model, head, train_base=getattr(loaded.method_config, "train_base", False))
-    counts = parameter_counts(model, head)
-    counts["head_param_names"] = head
-    return counts
+    return PreparedModel(model, parameter_counts(model, head), head)
 
 
 def _load_with_method(adaptation_type, name_or_path, num_labels, target_modules, options):

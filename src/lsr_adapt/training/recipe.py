@@ -114,9 +114,9 @@ def build_model(cfg: DictConfig, task: Task) -> BuiltModel:
         target_modules = list(target_modules)
     if OmegaConf.select(cfg, "budget.params") is not None:  # equal-budget runs: size fields from budget.params
         method_values = apply_budget(loaded, adaptation_type, method_values, target_modules, cfg.budget)
-    counts = prepare_model(loaded, adaptation_type, method_values, target_modules)
-    built = BuiltModel(loaded, adaptation_type, method, method_values, name_or_path, counts,
-                       counts.pop("head_param_names"))
+    prepared = prepare_model(loaded, adaptation_type, method_values, target_modules)
+    counts = dict(prepared.counts)  # updated below by freeze_adapter; results.json records it as it ends
+    built = BuiltModel(loaded, adaptation_type, method, method_values, name_or_path, counts, prepared.head_names)
     if cfg.get("init_from"):  # continue from a saved adapter (+ head when the label count matches)
         built.init_info = init_from_run(built.model, cfg.init_from, adaptation_type, loaded.method_config,
                                         int(cfg.data.num_labels), check_checksum=bool(cfg.get("init_from_checksum", True)))

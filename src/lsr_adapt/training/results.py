@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from .. import __version__
 from ..adapters import adapter_layers
 from ..distributed import world_size
-from ..modeling import POOLING_ATTR
+from ..pooling import POOLING_ATTR
 
 
 def peak_memory() -> tuple[float, str]:
