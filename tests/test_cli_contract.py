@@ -215,14 +215,14 @@ REPORT = [
 
 @pytest.mark.parametrize("args, words", REPORT, ids=[" ".join(a) for a, _ in REPORT])
 def test_report_refuses_each_bad_option_in_one_line(work, capsys, args, words):
-    from lsr_adapt.report import main
+    from lsr_adapt.report.__main__ import main
 
     _refused(main, args, words, work, capsys)
 
 
 def test_report_of_a_finished_run_goes_beside_it(work, capsys):
     """``report RUN_DIR`` leaves the finished run as it was and writes ``RUN_DIR-report/``."""
-    from lsr_adapt.report import main
+    from lsr_adapt.report.__main__ import main
 
     before = tree(work / "run")
     main([str(work / "run"), "--no-plots"])

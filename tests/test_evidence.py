@@ -26,7 +26,7 @@ def _runs(area: str):
 def test_the_published_reports_are_what_their_committed_runs_give(area, tmp_path):
     """docs/<area>/report.csv (the numbers docs/results.md and the README quote) is regenerated from
     the committed runs' results.json: a hand-edited number, or a run added or lost, fails here."""
-    from lsr_adapt.report import main as report
+    from lsr_adapt.report.__main__ import main as report
 
     docs, runs = _runs(area)
     report([str(runs), "--out", str(tmp_path), "--no-plots"])

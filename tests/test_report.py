@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from lsr_adapt.errors import LsrAdaptError
-from lsr_adapt.report import Config, _display, build_report, collect, curve, group_configs, pareto
-from lsr_adapt.report import main as report_main
+from lsr_adapt.report import build_report
+from lsr_adapt.report.__main__ import main as report_main
+from lsr_adapt.report.collect import Config, collect, display, group_configs
+from lsr_adapt.report.plots import curve
+from lsr_adapt.report.statistics import pareto
 
 LORA = {"r": 8, "alpha": 8, "dropout": 0.0, "use_rslora": False}
 LSR = {"r": 2, "num_terms": 16, "alpha": 2, "dropout": 0.0, "form": "sum", "path": "auto",
@@ -156,7 +159,7 @@ def test_configs_differ_by_everything_but_the_seed(tmp_path):
     # so is a head that reads the mean of the hidden states instead of [CLS] (model.pooling)
     job(root, "f", fake_results("lsr", LSR, 0, 0.9) | {"pooling": "mean"})
     configs = group_configs(collect([root])[0])
-    assert len(configs) == 5 and "pool=mean" in _display(next(c for c in configs if c.first.get("pooling")), configs)
+    assert len(configs) == 5 and "pool=mean" in display(next(c for c in configs if c.first.get("pooling")), configs)
 
 
 def test_curve_aggregates_seeds_per_epoch():
@@ -266,7 +269,7 @@ def test_matched_budget_table_against_hand_computed_welch_intervals(tmp_path):
     # LoRA r=1 vs LSR t=5 (9,600: closest by ratio, not 1,920): 0.77 − 0.72, both variances 0.0004, n=3 → df 4
     half = 2.7764451 * math.sqrt(0.0004 / 3 + 0.0004 / 3)
     assert half == pytest.approx(0.0453393, abs=1e-6)
-    assert f"| r=1 α=8 | 9,216 | 0.7200 ± 0.0200 (3) | r=2 t=5 α=2 | 9,600 (104%) | 0.7700 ± 0.0200 (3) | " \
+    assert f"| r=1 α=8 | 9,216 | 0.7200 ± 0.0200 (3) | r=2 t=5 α=2 | 9,600 (104.2%) | 0.7700 ± 0.0200 (3) | " \
            f"+0.0500 [{0.05 - half:+.4f}, {0.05 + half:+.4f}] | better |" in md
     # LoRA r=4 vs LSR t=19: −0.15, interval all below 0 → worse; LoRA r=8 vs t=38: −0.02, df 8 → tie
     assert "| r=4 α=8 | 36,864 |" in md and "| -0.1500 [-0.1727, -0.1273] | worse |" in md
@@ -306,7 +309,7 @@ def test_matched_budgets_fall_back_to_validation_and_say_so(tmp_path):
 def test_welch_interval_and_verdicts():
     from scipy import stats
 
-    from lsr_adapt.report import verdict, welch_interval
+    from lsr_adapt.report.statistics import verdict, welch_interval
 
     a, b = [0.1, 0.4, 0.35, 0.2], [0.5, 0.55, 0.45]
     diff, (lo, hi) = welch_interval(a, b)
@@ -324,7 +327,7 @@ def test_welch_interval_and_verdicts():
 def test_frontier_labels_do_not_overlap():
     from matplotlib.figure import Figure
 
-    from lsr_adapt.report import place_labels
+    from lsr_adapt.report.plots import place_labels
 
     fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
@@ -382,3 +385,29 @@ def test_no_majority_note_without_the_record_or_for_other_metrics(tmp_path):
     job(mcc, "lora0", fake_results("lora", LORA, 0, 0.1, metric="matthews_correlation")
         | {"majority_class": {"label": 1, "validation": 0.7, "test": 0.7}})
     assert "Majority class" not in build_report([mcc], plots=False)["md"].read_text()
+
+
+def test_small_budget_table_is_the_largest_lsr_within_30_percent(tmp_path):
+    """The seed's claim in one table: each LoRA configuration against the largest LSR configuration
+    with at most 30% of its adapter parameters, with the Welch interval computed here by hand."""
+    from scipy import stats
+
+    root = _frontier_sweep(tmp_path / "s")
+    md = build_report([root], plots=False)["md"].read_text()
+    assert "### LSR at ≤ 30% of LoRA's budget: LSR vs LoRA, test accuracy" in md
+    rows = {(r["method"], r["hyperparameters"]): r for r in read_csv(root / "report.csv")}
+    # r=1 (9,216): 30% is 2,764, so t=2 (1,920), not t=5 (9,600); r=4 and r=8: t=5 (26.0% and 13.0%)
+    assert [rows[("lora", f"r={r} α=8")]["small_budget_partner"] for r in (1, 4, 8)] == [
+        "lsr r=1 t=2 α=2", "lsr r=2 t=5 α=2", "lsr r=2 t=5 α=2"]
+    assert "| r=4 α=8 | 36,864 | 0.8600 ± 0.0100 (3) | r=2 t=5 α=2 | 9,600 (26.0%) |" in md
+    # Welch by hand: LSR [0.75, 0.77, 0.79] − LoRA r=4 [0.85, 0.86, 0.87]
+    va, vb = 0.0001 / 3, 0.0004 / 3
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    lora4 = rows[("lora", "r=4 α=8")]
+    assert float(lora4["small_budget_diff"]) == pytest.approx(-0.09)
+    # 1e-9: the two computations differ only in float rounding of the same formula
+    assert (float(lora4["small_budget_ci_low"]), float(lora4["small_budget_ci_high"])) == pytest.approx(
+        (-0.09 - half, -0.09 + half), abs=1e-9)
+    assert lora4["small_budget_verdict"] == "worse"
+    assert all(r["small_budget_partner"] == "" for r in rows.values() if r["method"] != "lora")
