@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_classifier
 from torch import nn
 
-from lsr_adapt.adapters import LoRALinear, LSRLinear
+from lsr_adapt.adapters import METHODS, LoRALinear, LSRLinear
 from lsr_adapt.budget import (
     LayerShape,
     apply_budget,
@@ -42,6 +42,18 @@ def test_sizes_match_hand_computed_values_and_real_layers():
     # explicit factors change the per-term size: 768 = 48·16 → 48+16+48+16 = 128
     assert lsr_size(QV, 1, 1, [48, 16], [48, 16]) == 24 * 128
     assert real_size("lsr", QV, {"r": 1, "num_terms": 1, "in_factors": [48, 16], "out_factors": [48, 16]}) == 24 * 128
+
+
+@pytest.mark.parametrize("method", sorted(n for n, m in METHODS.items() if m.make_layer is not None))
+def test_each_method_answers_for_its_own_size(method):
+    """Every registered layer class's adapter_params (what budget.py sizes by) is what a built layer holds."""
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+    m = METHODS[method]
+    cfg = m.make_config({"blocksize": 32} if method == "qlora" else {})  # 32 divides 64 and 96
+    for in_f, out_f in ((64, 96), (96, 64)):
+        layer = m.make_layer(nn.Linear(in_f, out_f), cfg, "q")
+        assert m.adapter_params(in_f, out_f, cfg, "q") == layer.num_adapter_params() > 0, (method, in_f, out_f)
 
 
 def test_lora_rank_closest_to_budget():

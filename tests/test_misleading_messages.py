@@ -74,6 +74,6 @@ def test_eval_split_on_local_data_names_the_split_and_the_splits_there_are(tmp_p
 ])
 def test_lsr_factors_say_what_is_wrong_with_them(factors, want):
     with pytest.raises(LsrAdaptError, match=want.replace("(", r"\(")):
-        LSRLinear._check_factors(factors, 32, "q", "input dim")
-    assert LSRLinear._check_factors([4, 8], 32, "q", "input dim") == (4, 8)
-    assert LSRLinear._check_factors([4.0, 8.0], 32, "q", "input dim") == (4, 8)  # YAML may give floats
+        LSRLinear.check_factors(factors, 32, "q", "input dim")
+    assert LSRLinear.check_factors([4, 8], 32, "q", "input dim") == (4, 8)
+    assert LSRLinear.check_factors([4.0, 8.0], 32, "q", "input dim") == (4, 8)  # YAML may give floats

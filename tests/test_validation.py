@@ -98,6 +98,10 @@ def test_shipped_combinations_validate():
     (["model=roberta_lsr", "model.lsr.form=tensor"], "unknown LSR form 'tensor'; valid choices: sum, product"),
     (["model=roberta_lora_plus", "model.lora_plus.lr_ratio=-16"], "model.lora_plus.lr_ratio=-16: must be a number > 0"),
     (["model=roberta_dylora", "model.dylora.eval_rank=9"], "DyLoRA eval_rank must be in 1..r=8, got 9"),
+    (["model=roberta_dylora", "model.dylora.eval_rank=0"], "model.dylora.eval_rank=0: must be an integer in 1..r, or null"),
+    (["model=roberta_lsr_plus", "model.lsr_plus.lr_ratio=0"], "model.lsr_plus.lr_ratio=0: must be a number > 0"),
+    (["model=roberta_lsr", "model.lsr.out_factors=[4]"], "model.lsr.out_factors=[4]: must be null or two positive"),
+    (["model=roberta_qlora", "model.qlora.blocksize=0"], "model.qlora.blocksize=0: must be an integer >= 1"),
     (["model.adaptation_type=lorax"], "unknown adaptation_type 'lorax'; valid choices: dora, "),
     (["model.target_modules=[]"], "model.target_modules=[]: must be a list of layer names"),
     (["freeze_adapter=maybe"], "freeze_adapter='maybe': must be true or false"),
@@ -109,6 +113,21 @@ def test_bad_values_are_one_line_naming_key_value_and_choices(overrides, message
         validate_config(compose("experiment=smoke", *overrides))
     assert str(e.value).startswith(message), str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_method_configs_check_their_own_ranges():
+    """The ranges live in each method's config dataclass (validate_config only adds the key's prefix)."""
+    from lsr_adapt.adapters import DyLoRAConfig, LoRAConfig, LSRConfig, LSRPlusConfig
+
+    for make, message in [(lambda: LoRAConfig(r=0), "LoRAConfig.r=0: must be an integer >= 1"),
+                          (lambda: LoRAConfig(use_rslora="yes"), "LoRAConfig.use_rslora='yes': must be true or false"),
+                          (lambda: LSRConfig(dropout=1.0), "LSRConfig.dropout=1.0: must be a number in [0, 1)"),
+                          (lambda: LSRPlusConfig(lr_ratio=float("inf")), "LSRPlusConfig.lr_ratio=inf: must be a number > 0"),
+                          (lambda: DyLoRAConfig(eval_rank=True), "DyLoRAConfig.eval_rank=true: must be an integer in 1..r")]:
+        with pytest.raises(LsrAdaptError) as e:
+            make()
+        assert str(e.value).startswith(message), str(e.value)
+    assert LSRConfig(r=2.0, in_factors=[4.0, 8]).r == 2.0  # YAML may give integers as floats
 
 
 def test_missing_values_are_named_before_anything_resolves():

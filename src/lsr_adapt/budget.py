@@ -1,20 +1,19 @@
 """Equal parameter budgets: the LoRA rank and LSR (r, t, factors) whose adapters come closest to N.
 
 Adapter sizes over the targeted layers (the task head is not counted: it is the same for every
-method), with the formulas of the layer classes:
-
-* LoRA (``LoRALinear``): r·(in + out) per layer;
-* LSR  (``LSRLinear``):  t·r·(d₁ + d₂ + k₁ + k₂) per layer, in = d₁·d₂, out = k₁·k₂ (factors as
-  the layer resolves them: the configured ``in_factors``/``out_factors``, else the balanced split),
-  valid only while r ≤ min(d₁, d₂, k₁, k₂).
+method) are the layer classes' own: each method's ``adapter_params(in, out, cfg)`` (the registry's
+``AdapterMethod.adapter_params``; the formula is in the layer class's docstring), and LSR's
+``LSRLinear.max_rank`` / ``factor_pairs`` say which r and factors a layer takes. This module only
+searches: a size is assumed to grow in proportion to LoRA's r and to LSR's r and num_terms
+(the candidates bracket the budget from the size of one unit), and every pick is checked against
+real layers built on the meta device.
 
 RoBERTa-base, query and value of 12 layers (24 layers of 768×768 = (32·24)×(32·24)):
-LoRA r=8 → 24·8·1536 = 294,912; LSR r=2, t=16 → 24·16·2·112 = 86,016.
+LoRA r=8 → 294,912; LSR r=2, t=16 → 86,016.
 
 The match minimises |size − budget|; ties go to the configured values (LSR r closest to the
 configured r, balanced factors, fewer terms; the smaller LoRA rank). LSR changes only the fields
-named in ``budget.lsr_free`` (default: ``num_terms``, keeping the configured r). Every pick is
-checked against real layers built on the meta device.
+named in ``budget.lsr_free`` (default: ``num_terms``, keeping the configured r).
 
 In a run: ``budget.params=N`` (root config) rewrites the method's size fields before the adapter is
 applied; the chosen values are in ``results.json``'s ``method_config``. Standalone:
@@ -25,16 +24,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .adapters import get_method, resolve_target_modules
+from .adapters import LSRLinear, get_method, resolve_target_modules
 from .adapters.base import base_layer_dims
-from .adapters.lsr import MAX_FACTOR_RATIO, LSRLinear
+from .adapters.lsr import factor_pairs
 from .cli import exit_on_user_error
 from .errors import LsrAdaptError, first_line
 from .modeling import head_parameter_names
@@ -82,20 +81,31 @@ def target_shapes(model: nn.Module, target_modules=None, exclude=()) -> list[Lay
 
 
 # -- sizes -----------------------------------------------------------------------------------------
+def method_size(method: str, shapes: list[LayerShape], values: dict) -> int:
+    """Σ over ``shapes`` of the method's ``adapter_params`` for the config ``values`` (no layer built)."""
+    m = get_method(method)
+    cfg = m.make_config(values)
+    first = {}  # one call per distinct (in, out), naming the first layer of that shape in errors
+    for s in shapes:
+        first.setdefault((s.in_features, s.out_features), s.name)
+    counts = Counter((s.in_features, s.out_features) for s in shapes)
+    return sum(n * m.adapter_params(in_f, out_f, cfg, first[in_f, out_f]) for (in_f, out_f), n in counts.items())
+
+
 def lora_size(shapes: list[LayerShape], r: int) -> int:
-    """Σ r·(in + out)."""
-    return sum(int(r) * (s.in_features + s.out_features) for s in shapes)
-
-
-def _lsr_factors(shape: LayerShape, in_factors, out_factors) -> tuple[int, int, int, int]:
-    d1, d2 = LSRLinear._check_factors(in_factors, shape.in_features, shape.name, "input dim")
-    k1, k2 = LSRLinear._check_factors(out_factors, shape.out_features, shape.name, "output dim")
-    return d1, d2, k1, k2
+    """LoRA's size at rank r (``LoRALinear.adapter_params``)."""
+    return method_size("lora", shapes, {"r": r})
 
 
 def lsr_size(shapes: list[LayerShape], r: int, num_terms: int, in_factors=None, out_factors=None) -> int:
-    """Σ t·r·(d₁ + d₂ + k₁ + k₂)."""
-    return sum(int(num_terms) * int(r) * sum(_lsr_factors(s, in_factors, out_factors)) for s in shapes)
+    """LSR's size at (r, num_terms, factors) (``LSRLinear.adapter_params``)."""
+    return method_size("lsr", shapes, {"r": r, "num_terms": num_terms, "in_factors": in_factors,
+                                       "out_factors": out_factors})
+
+
+def lsr_max_rank(shapes: list[LayerShape], in_factors=None, out_factors=None) -> int:
+    """The largest LSR r every layer takes (``LSRLinear.max_rank``)."""
+    return min(LSRLinear.max_rank(s.in_features, s.out_features, in_factors, out_factors, s.name) for s in shapes)
 
 
 def real_size(method: str, shapes: list[LayerShape], values: dict) -> int:
@@ -132,23 +142,14 @@ def _near(budget: int, per_unit: int) -> list[int]:
 
 
 def match_lora(shapes: list[LayerShape], budget: int, base: dict | None = None) -> Match:
-    """The LoRA rank r (1 ≤ r ≤ the smallest layer dimension) with r·Σ(in+out) closest to ``budget``."""
+    """The LoRA rank r (1 ≤ r ≤ the smallest layer dimension) whose size is closest to ``budget``."""
     budget = _check_budget(shapes, budget)
-    per_rank = lora_size(shapes, 1)
-    r_max = min(min(s.in_features, s.out_features) for s in shapes)
-    candidates = sorted({min(r, r_max) for r in _near(budget, per_rank)})
-    r = min(candidates, key=lambda r: (abs(r * per_rank - budget), r))
+    r_max = min(min(s.in_features, s.out_features) for s in shapes)  # a larger rank adds nothing
+    candidates = sorted({min(r, r_max) for r in _near(budget, lora_size(shapes, 1))})
+    sizes = {r: lora_size(shapes, r) for r in candidates}
+    r = min(candidates, key=lambda r: (abs(sizes[r] - budget), r))
     values = {**(base or {}), "r": r}
-    return Match("lora", {"r": r}, r * per_rank, budget, len(candidates), values)
-
-
-def _factor_pairs(n: int) -> list[list[int]]:
-    """Every split n = a·b (a ≥ b ≥ 2, a ≤ 16·b) an LSR layer accepts, most balanced first."""
-    pairs = []
-    for b in range(math.isqrt(n), 1, -1):
-        if n % b == 0 and n // b <= MAX_FACTOR_RATIO * b:
-            pairs.append([n // b, b])
-    return pairs
+    return Match("lora", {"r": r}, sizes[r], budget, len(candidates), values)
 
 
 def _factor_choices(shapes, configured, dim: str, free: bool) -> list:
@@ -158,7 +159,7 @@ def _factor_choices(shapes, configured, dim: str, free: bool) -> list:
     if free and configured is None and len(dims) == 1:
         # one in_factors/out_factors list applies to every layer, so it only exists for a common dim;
         # null stands for the balanced split, which is the first pair
-        choices += _factor_pairs(dims.pop())[1:]
+        choices += factor_pairs(dims.pop())[1:]
     return choices
 
 
@@ -175,18 +176,17 @@ def match_lsr(shapes: list[LayerShape], budget: int, base: dict | None = None,
     best, n = None, 0
     for in_f in _factor_choices(shapes, base.get("in_factors"), "in_features", "factors" in free):
         for out_f in _factor_choices(shapes, base.get("out_factors"), "out_features", "factors" in free):
-            dims = [_lsr_factors(s, in_f, out_f) for s in shapes]
-            r_max = min(min(d) for d in dims)
-            per_term_rank = sum(sum(d) for d in dims)  # Σ (d₁+d₂+k₁+k₂): size of t = r = 1
+            r_max = lsr_max_rank(shapes, in_f, out_f)
+            unit = lsr_size(shapes, 1, 1, in_f, out_f)  # the size of t = r = 1
             rs = range(1, r_max + 1) if "r" in free else [r0]
             for r in rs:
                 if r > r_max:
                     continue
-                ts = _near(budget, r * per_term_rank) if "num_terms" in free else [t0]
+                ts = _near(budget, lsr_size(shapes, r, 1, in_f, out_f)) if "num_terms" in free else [t0]
                 for t in ts:
-                    size = t * r * per_term_rank
-                    # factor-sum penalty prefers the balanced split (the layer's default) on ties
-                    key = (abs(size - budget), abs(r - r0), per_term_rank, t)
+                    size = lsr_size(shapes, r, t, in_f, out_f)
+                    # the unit's penalty prefers the balanced split (the layer's default) on ties
+                    key = (abs(size - budget), abs(r - r0), unit, t)
                     n += 1
                     if best is None or key < best[0]:
                         best = (key, r, t, in_f, out_f, size)

@@ -13,8 +13,9 @@ Sections:
 * ``training``: closed (an unknown key is an error naming the valid keys);
 * ``data``, ``model``, the root: their generic keys; task-specific keys (the GW task's signal
   parameters, a causal LM's ``append_eos``, ...) are checked by the task that reads them;
-* ``model.<adaptation_type>``: the method's own config dataclass (``get_method(name).make_config``,
-  which rejects unknown keys and checks choices) after the ranges declared in ``METHOD_FIELDS``;
+* ``model.<adaptation_type>``: the method's own config dataclass (``get_method(name).make_config``:
+  unknown keys, and the ranges, choices and cross-field rules of its ``__post_init__``); a bad value
+  of one field is reported with its full key (``model.lora.r=0: must be an integer >= 1``);
 * ``budget``: the equal-budget options.
 
 What needs the model or the data (target modules that match no layer, LSR factors that do not divide
@@ -31,12 +32,12 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .adapters import get_method
-from .errors import LsrAdaptError, first_line
+from .errors import LsrAdaptError, bad_value, first_line, show_value
 from .hub import check_hub_id
 from .metrics import check_metric_names
 from .tasks import task_type_of
 
-__all__ = ["MANAGED_TRAINER_ARGS", "METHOD_FIELDS", "SCHEMAS", "check_trainer_args", "missing_values", "validate_config"]
+__all__ = ["MANAGED_TRAINER_ARGS", "SCHEMAS", "check_trainer_args", "missing_values", "validate_config"]
 
 
 # -- field types ----------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def check_trainer_args(args: Mapping | None, metric_names: list[str]) -> None:
     fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     hints = typing.get_type_hints(TrainingArguments)
     for key, value in args.items():
-        where = f"training.args.{key}={_show(value)}"
+        where = f"training.args.{key}={show_value(value)}"
         if key in MANAGED_TRAINER_ARGS:
             raise LsrAdaptError(f"{where}: lsr-adapt sets {key} from {MANAGED_TRAINER_ARGS[key]}; use that instead")
         if key not in fields:
@@ -302,44 +303,6 @@ class ModelSchema(BaseModel):
     pooling: Literal["cls", "mean"] | None = _f(_choices(["cls", "mean", "null"]))
 
 
-def _factors(v):
-    if v is None:
-        return v
-    if isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v):
-        return v
-    raise ValueError("bad factors")
-
-
-class MethodFields(BaseModel):
-    """Ranges of the adapter hyperparameters, by field name, for every method that has the field.
-
-    (The method's config dataclass checks its choices and cross-field rules; these ranges would sit
-    best in each dataclass's ``__post_init__``.)"""
-
-    model_config = ConfigDict(extra="allow")
-
-    r: PositiveInt = _f("must be an integer >= 1")
-    num_terms: PositiveInt = _f("must be an integer >= 1")
-    alpha: Number = _f("must be a number > 0", gt=0)
-    dropout: Number = _f("must be a number in [0, 1)", ge=0, lt=1)
-    lr_ratio: Number = _f("must be a number > 0", gt=0)
-    eval_rank: PositiveInt | None = _f("must be an integer in 1..r, or null (= r)")
-    in_factors: Annotated[Any, BeforeValidator(_factors)] = _f("must be null or two positive integers whose product is the input dim, e.g. [32, 24]")
-    out_factors: Annotated[Any, BeforeValidator(_factors)] = _f("must be null or two positive integers whose product is the output dim, e.g. [32, 24]")
-    blocksize: PositiveInt = _f("must be an integer >= 1")
-    use_rslora: Bool = _f("must be true or false")
-    eval_all_ranks: Bool = _f("must be true or false")
-    double_quant: Bool = _f("must be true or false")
-    paged_optimizer: Bool = _f("must be true or false")
-    form: Text = _f("must be a form name")
-    path: Text = _f("must be a path name")
-    quant_type: Text = _f("must be a quantization type")
-    compute_dtype: Text = _f("must be a dtype name")
-
-
-METHOD_FIELDS = MethodFields
-
-
 # -- budget and the root ---------------------------------------------------------------------------
 class BudgetSchema(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -367,16 +330,6 @@ _MESSAGES = {"training.nonfinite_loss": "unknown training.nonfinite_loss {value}
 
 
 # -- checking --------------------------------------------------------------------------------------
-def _show(value) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _check(schema: type[BaseModel], values: Mapping, prefix: str) -> None:
     """Validate ``values`` against ``schema``; the first error becomes one ``LsrAdaptError`` line."""
     try:
@@ -391,13 +344,12 @@ def _one_line(e: ValidationError, schema: type[BaseModel], values: Mapping, pref
     key = f"{prefix}.{field}" if prefix else field
     if err["type"] == "extra_forbidden":
         return LsrAdaptError(f"unknown key {key}; valid keys: {', '.join(sorted(schema.model_fields))}")
-    value = _show(values.get(field, err.get("input")))
+    value = values.get(field, err.get("input"))
     if key in _MESSAGES:
-        return LsrAdaptError(_MESSAGES[key].format(value=value))
+        return LsrAdaptError(_MESSAGES[key].format(value=show_value(value)))
     info = schema.model_fields.get(field)
     allowed = info.description if info is not None and info.description else err["msg"]
-    sep = "; " if allowed.startswith("valid") else ": "
-    return LsrAdaptError(f"{key}={value}{sep}{allowed}")
+    return bad_value(key, value, allowed)
 
 
 def missing_values(cfg, prefix: str = "") -> list[str]:
@@ -447,7 +399,7 @@ def validate_config(cfg: DictConfig) -> None:
                        list(dict.fromkeys([values["data"].get("metric"), *(values["data"].get("metrics") or [])])))
     if values.get("budget") is not None:
         if not isinstance(values["budget"], Mapping):
-            raise LsrAdaptError(f"budget={_show(values['budget'])}: must be a mapping (budget.params, budget.lsr_free)")
+            raise LsrAdaptError(f"budget={show_value(values['budget'])}: must be a mapping (budget.params, budget.lsr_free)")
         _check(BudgetSchema, values["budget"], "budget")
 
 
@@ -461,10 +413,13 @@ def _check_model(model: Mapping) -> None:
     if section is None:
         section = {}
     if not isinstance(section, Mapping):
-        raise LsrAdaptError(f"model.{name}={_show(section)}: must be a mapping of {name} options")
-    known = {k: v for k, v in section.items() if k in MethodFields.model_fields}
-    _check(MethodFields, known, f"model.{name}")
-    method.make_config(section)  # unknown options, choices and cross-field rules (e.g. DyLoRA eval_rank <= r)
+        raise LsrAdaptError(f"model.{name}={show_value(section)}: must be a mapping of {name} options")
+    try:  # the method's dataclass: unknown options, ranges, choices and cross-field rules (DyLoRA eval_rank <= r)
+        method.make_config(section)
+    except LsrAdaptError as e:
+        if e.key is None:  # not one field's value (an unknown option, a cross-field rule): as it is
+            raise
+        raise bad_value(f"model.{name}.{e.key}", e.value, e.allowed) from None
 
 
 def _check_data(data_cfg: DictConfig, data: Mapping) -> None:

@@ -6,6 +6,10 @@ is stored transposed) and adds a learned update ΔW (out × in). Subclasses prov
 * ``delta_weight()``: the dense, scaled ΔW (used for merging, exports and tests), and
 * ``adapted_forward(x)``: the layer output with the update applied, computed the cheapest way.
 
+and, where the size follows from the shapes alone, ``adapter_params(in, out, cfg)``: the formula
+its docstring states, which ``num_adapter_params()`` of a built layer equals (budget matching sizes
+adapters by it without building any).
+
 The base owns merge/unmerge and enable/disable, so a new method never reimplements them.
 """
 
@@ -75,6 +79,12 @@ class AdapterLayer(nn.Module):
         """Output of the base layer with the update applied; default forms ΔW densely."""
         w = self.base_weight()
         return F.linear(x, w + self.delta_weight().to(w.dtype), self.base_layer.bias)
+
+    @classmethod
+    def adapter_params(cls, in_features: int, out_features: int, cfg, layer: str = "") -> int:
+        """Adapter parameters of a layer ``in_features`` → ``out_features`` under ``cfg``, without
+        building it (``layer`` names it in errors); optional, a method without it is sized by hand."""
+        raise NotImplementedError(f"{cls.__name__} has no adapter_params formula")
 
     # -- shared machinery --------------------------------------------------------------------
     def base_weight(self) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import LsrAdaptError
+from . import fields
 from .base import add_low_rank
 from .inject import adapter_layers
 from .lora import LoRAConfig, LoRALinear
@@ -42,12 +43,18 @@ class DyLoRAConfig(LoRAConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        fields.require(self, "eval_rank", self.eval_rank is None or fields.is_positive_int(self.eval_rank),
+                       "must be an integer in 1..r, or null (= r)")
+        fields.booleans(self, "eval_all_ranks")
         if self.eval_rank is not None and not 1 <= int(self.eval_rank) <= int(self.r):
             raise LsrAdaptError(f"DyLoRA eval_rank must be in 1..r={self.r}, got {self.eval_rank}")
 
 
 class DyLoRALinear(LoRALinear):
-    """LoRA of rank r trained at a random leading rank b per step; see the module doc."""
+    """LoRA of rank r trained at a random leading rank b per step; see the module doc.
+
+    Trainable parameters: r·(in + out), as LoRA at rank r (``adapter_params``).
+    """
 
     config_cls = DyLoRAConfig
 
@@ -144,4 +151,4 @@ def rank_metrics(model: nn.Module, cfg: DyLoRAConfig, evaluate) -> dict:
     return out
 
 
-register_method("dylora", DyLoRAConfig, DyLoRALinear, prepare=install_rank_sampler, after_train=rank_metrics)
+register_method("dylora", make_layer=DyLoRALinear, prepare=install_rank_sampler, after_train=rank_metrics)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import LsrAdaptError
+from . import fields
 from .base import AdapterLayer, add_low_rank
 from .registry import register_method
 
@@ -21,8 +21,10 @@ class LoRAConfig:
     use_rslora: bool = False  # scale α/√r instead of α/r (rank-stable, arXiv:2312.03732)
 
     def __post_init__(self):
-        if int(self.r) < 1:
-            raise LsrAdaptError(f"LoRA rank r must be >= 1, got {self.r}")
+        fields.positive_ints(self, "r")
+        fields.positive_numbers(self, "alpha")
+        fields.fraction(self, "dropout")
+        fields.booleans(self, "use_rslora")
 
 
 class LoRALinear(AdapterLayer):
@@ -30,12 +32,17 @@ class LoRALinear(AdapterLayer):
 
     A ∈ R^{r×in}: kaiming-uniform (a=√5) as in the reference implementation and peft.
     B ∈ R^{out×r}: zeros, so ΔW = s·B·A = 0 at the start.
-    Trainable parameters: r·(in + out)  (12,288 for 768×768 at r=8).
+    Trainable parameters: r·(in + out)  (12,288 for 768×768 at r=8): ``adapter_params``.
     """
 
     a_params = ("lora_A",)
     b_params = ("lora_B",)
     config_cls = LoRAConfig  # the LoRA family's layers take their own subclass of it
+
+    @classmethod
+    def adapter_params(cls, in_features: int, out_features: int, cfg: LoRAConfig, layer: str = "") -> int:
+        """r·(in + out): A (r × in) and B (out × r)."""
+        return int(cfg.r) * (in_features + out_features)
 
     def __init__(self, base_layer: nn.Module, cfg: LoRAConfig | None = None, name: str = "", **values):
         """``cfg`` (the method's config dataclass), or its fields as keywords (``r=8, alpha=16``)."""
@@ -58,4 +65,4 @@ class LoRALinear(AdapterLayer):
         return add_low_rank(self.base_layer(x), self.dropout(x), self.lora_A, self.lora_B.T, self.scaling)
 
 
-register_method("lora", LoRAConfig, LoRALinear)
+register_method("lora", make_layer=LoRALinear)  # config: LoRALinear.config_cls

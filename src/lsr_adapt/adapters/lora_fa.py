@@ -30,7 +30,10 @@ class LoRAFAConfig(LoRAConfig):
 
 
 class LoRAFALinear(LoRALinear):
-    """``LoRALinear`` whose ``lora_A`` never trains (``frozen_params``)."""
+    """``LoRALinear`` whose ``lora_A`` never trains (``frozen_params``).
+
+    Adapter parameters: LoRA's r·(in + out) (``adapter_params``), of which r·out train.
+    """
 
     frozen_params = ("lora_A",)
     config_cls = LoRAFAConfig
@@ -40,4 +43,4 @@ class LoRAFALinear(LoRALinear):
         self.lora_A.requires_grad_(False)
 
 
-register_method("lora_fa", LoRAFAConfig, LoRAFALinear)
+register_method("lora_fa", make_layer=LoRAFALinear)  # config: LoRAFALinear.config_cls

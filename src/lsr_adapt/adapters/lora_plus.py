@@ -7,7 +7,7 @@ The layers are unchanged (LoRA's, or LSR's for ``lsr_plus``); only the optimizer
 B-side and A-side are the roles adapter layers declare in ``a_params`` / ``b_params`` (LoRA: B /
 A; LSR: B₁, B₂ / A₁, A₂), so the same groups serve every adapter that declares them. Weight decay
 follows the Trainer's default split (none on biases and LayerNorm weights). Trainable parameters:
-those of the underlying method (LoRA: r·(in + out)).
+those of the underlying layer's ``adapter_params`` (LoRA: r·(in + out); LSR: t·r·(d₁ + d₂ + k₁ + k₂)).
 """
 
 from __future__ import annotations
@@ -17,15 +17,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import LsrAdaptError
+from . import fields
 from .inject import adapter_layers
 from .lora import LoRAConfig, LoRALinear
 from .lsr import LSRConfig, LSRLinear
 from .registry import register_method
-
-
-def _check_ratio(ratio: float) -> None:
-    if not float(ratio) > 0:
-        raise LsrAdaptError(f"LoRA+ lr_ratio must be > 0, got {ratio}")
 
 
 @dataclass
@@ -34,7 +30,7 @@ class LoRAPlusConfig(LoRAConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_ratio(self.lr_ratio)
+        fields.positive_numbers(self, "lr_ratio")
 
 
 @dataclass
@@ -44,7 +40,7 @@ class LSRPlusConfig(LSRConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_ratio(self.lr_ratio)
+        fields.positive_numbers(self, "lr_ratio")
 
 
 def b_side_parameter_names(model: nn.Module) -> set[str]:
@@ -84,7 +80,8 @@ def lora_plus_param_groups(model: nn.Module, cfg, lr: float, weight_decay: float
     return groups
 
 
-# methods that change only the optimizer reuse LoRA's / LSR's layers
+# methods that change only the optimizer reuse LoRA's / LSR's layers (and their adapter_params), with
+# a config of their own: a subclass of the layer's config_cls
 register_method("lora_plus", LoRAPlusConfig, LoRALinear,
                 param_groups=lora_plus_param_groups)
 register_method("lsr_plus", LSRPlusConfig, LSRLinear,

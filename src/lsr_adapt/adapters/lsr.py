@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LsrAdaptError
+from . import fields
 from .base import AdapterLayer, add_low_rank
 from .registry import register_method
 
@@ -47,14 +48,14 @@ FORMS = ("sum", "product")
 MAX_FACTOR_RATIO = 16  # a 2 × 997 split is not a Kronecker structure worth learning
 
 
-def _is_positive_int(v) -> bool:
-    """An integer >= 1 (a float with an integer value too, as YAML may give; never a bool)."""
-    if isinstance(v, bool):
-        return False
-    try:
-        return float(v) == int(v) >= 1
-    except (TypeError, ValueError, OverflowError):
-        return False
+def factor_pairs(n: int) -> list[list[int]]:
+    """Every split n = a·b (a ≥ b ≥ 2, a ≤ 16·b) an LSR layer accepts, most balanced first
+    (the first is ``factorize(n)``)."""
+    pairs = []
+    for b in range(math.isqrt(n), 1, -1):
+        if n % b == 0 and n // b <= MAX_FACTOR_RATIO * b:
+            pairs.append([n // b, b])
+    return pairs
 
 
 def factorize(n: int, layer: str = "", which: str = "dim") -> tuple[int, int]:
@@ -87,8 +88,11 @@ class LSRConfig:
             raise LsrAdaptError(f"unknown LSR form {self.form!r}; valid choices: {', '.join(FORMS)}")
         if self.path not in PATHS:
             raise LsrAdaptError(f"unknown LSR path {self.path!r}; valid choices: {', '.join(PATHS)}")
-        if int(self.r) < 1 or int(self.num_terms) < 1:
-            raise LsrAdaptError(f"LSR needs r >= 1 and num_terms >= 1, got r={self.r}, num_terms={self.num_terms}")
+        fields.positive_ints(self, "r", "num_terms")
+        fields.positive_numbers(self, "alpha")
+        fields.fraction(self, "dropout")
+        fields.factor_pair(self, "in_factors", "input")
+        fields.factor_pair(self, "out_factors", "output")
 
 
 def _kron_rows(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
@@ -200,7 +204,9 @@ class LSRLinear(AdapterLayer):
     """h = W₀x + ΔW·x with ΔW a sum of t Kronecker products of rank-r factors (see module doc).
 
     Parameters: lsr_A1 (t, r, d₁), lsr_A2 (t, r, d₂), lsr_B1 (t, k₁, r), lsr_B2 (t, k₂, r);
-    t·r·(d₁+d₂+k₁+k₂) in all.
+    t·r·(d₁+d₂+k₁+k₂) in all (3,584 for 768×768 at r=2, t=16): ``adapter_params``. The factors
+    are ``in_factors`` / ``out_factors``, else the balanced split (``check_factors``); r may not
+    exceed the smallest of them (``max_rank``).
     """
 
     a_params = ("lsr_A1", "lsr_A2")
@@ -212,17 +218,9 @@ class LSRLinear(AdapterLayer):
         """``cfg`` (the method's config dataclass), or its fields as keywords (``r=2, num_terms=16``)."""
         super().__init__(base_layer)
         self.config = cfg = cfg if cfg is not None else self.config_cls(**values)
-        r, num_terms, alpha, form, path = int(cfg.r), int(cfg.num_terms), float(cfg.alpha), cfg.form, cfg.path
-        in_factors, out_factors, dropout = cfg.in_factors, cfg.out_factors, cfg.dropout
-        layer = name or f"{self.out_features}x{self.in_features}"
-        self.d1, self.d2 = self._check_factors(in_factors, self.in_features, layer, "input dim")
-        self.k1, self.k2 = self._check_factors(out_factors, self.out_features, layer, "output dim")
-        smallest = min(self.d1, self.d2, self.k1, self.k2)
-        if r > smallest:
-            raise LsrAdaptError(
-                f"LSR rank r={r} exceeds the smallest Kronecker factor ({smallest}) of layer {layer} "
-                f"(in {self.in_features} = {self.d1}×{self.d2}, out {self.out_features} = {self.k1}×{self.k2})"
-            )
+        r, num_terms, alpha, form, path, dropout = (int(cfg.r), int(cfg.num_terms), float(cfg.alpha), cfg.form,
+                                                    cfg.path, cfg.dropout)
+        self.d1, self.d2, self.k1, self.k2 = self.kronecker_dims(self.in_features, self.out_features, cfg, name)
         self.r, self.num_terms, self.alpha, self.form = int(r), int(num_terms), float(alpha), form
         t = self.num_terms
         self.scaling = self.alpha / (self.r * (math.sqrt(t) if form == "sum" else t))
@@ -240,8 +238,40 @@ class LSRLinear(AdapterLayer):
         self.lsr_B2 = nn.Parameter(torch.zeros(t, self.k2, self.r, **kw))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
+    # -- sizes from the shapes alone (budget matching reads these; the constructor uses them too) ----
+    @classmethod
+    def adapter_params(cls, in_features: int, out_features: int, cfg: LSRConfig, layer: str = "") -> int:
+        """t·r·(d₁ + d₂ + k₁ + k₂), in = d₁·d₂, out = k₁·k₂: one term's A₁, A₂, B₁, B₂ times t."""
+        return int(cfg.num_terms) * int(cfg.r) * sum(cls.kronecker_dims(in_features, out_features, cfg, layer))
+
+    @classmethod
+    def kronecker_dims(cls, in_features: int, out_features: int, cfg: LSRConfig,
+                       layer: str = "") -> tuple[int, int, int, int]:
+        """(d₁, d₂, k₁, k₂) of a layer ``in_features`` → ``out_features`` under ``cfg``; an
+        ``LsrAdaptError`` when the factors do not fit or r exceeds the smallest of them."""
+        layer = layer or f"{out_features}x{in_features}"
+        d1, d2 = cls.check_factors(cfg.in_factors, in_features, layer, "input dim")
+        k1, k2 = cls.check_factors(cfg.out_factors, out_features, layer, "output dim")
+        smallest, r = min(d1, d2, k1, k2), int(cfg.r)
+        if r > smallest:
+            raise LsrAdaptError(
+                f"LSR rank r={r} exceeds the smallest Kronecker factor ({smallest}) of layer {layer} "
+                f"(in {in_features} = {d1}×{d2}, out {out_features} = {k1}×{k2})"
+            )
+        return d1, d2, k1, k2
+
+    @classmethod
+    def max_rank(cls, in_features: int, out_features: int, in_factors=None, out_factors=None, layer: str = "") -> int:
+        """The largest r a layer ``in_features`` → ``out_features`` takes: its smallest Kronecker factor."""
+        layer = layer or f"{out_features}x{in_features}"
+        return min(*cls.check_factors(in_factors, in_features, layer, "input dim"),
+                   *cls.check_factors(out_factors, out_features, layer, "output dim"))
+
     @staticmethod
-    def _check_factors(factors, dim: int, layer: str, which: str) -> tuple[int, int]:
+    def check_factors(factors, dim: int, layer: str, which: str) -> tuple[int, int]:
+        """``factors`` (two positive integers whose product is ``dim``, floats with integer values
+        too) as a pair, or the balanced split of ``dim`` when None; else a one-line ``LsrAdaptError``
+        naming the layer, the dimension and an example."""
         if factors is None:
             return factorize(dim, layer, which)
         given = list(factors) if hasattr(factors, "__len__") and not isinstance(factors, str) else [factors]
@@ -249,7 +279,7 @@ class LSRLinear(AdapterLayer):
             example = f" (e.g. {list(factorize(dim, layer, which))})"
         except LsrAdaptError:
             example = ""
-        if len(given) != 2 or not all(_is_positive_int(v) for v in given):
+        if len(given) != 2 or not all(fields.is_positive_int(v) for v in given):
             raise LsrAdaptError(f"LSR factors {given} for the {which} {dim} of layer {layer}: factors must be two "
                                 f"positive integers whose product is {dim}{example}")
         f = (int(given[0]), int(given[1]))
@@ -319,4 +349,4 @@ class LSRLinear(AdapterLayer):
         return (y * self.scaling).reshape(*lead, self.out_features)
 
 
-register_method("lsr", LSRConfig, LSRLinear)
+register_method("lsr", make_layer=LSRLinear)  # config: LSRLinear.config_cls

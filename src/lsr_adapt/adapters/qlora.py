@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import LsrAdaptError, first_line
+from . import fields
 from .base import Conv1D
 from .inject import _candidate_layers, replace_modules
 from .lora import LoRAConfig, LoRALinear
@@ -56,6 +57,8 @@ class QLoRAConfig(LoRAConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        fields.positive_ints(self, "blocksize")
+        fields.booleans(self, "double_quant", "paged_optimizer")
         if self.quant_type not in QUANT_TYPES:
             raise LsrAdaptError(f"unknown QLoRA quant_type {self.quant_type!r}; valid choices: {', '.join(QUANT_TYPES)}")
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -153,12 +156,15 @@ def dequantize(weight: torch.Tensor) -> torch.Tensor:
 
 
 class QLoRALinear(LoRALinear):
-    """LoRA (fp32 ``lora_A`` / ``lora_B``) around a frozen 4-bit ``Linear4bit``; see the module doc."""
+    """LoRA (fp32 ``lora_A`` / ``lora_B``) around a frozen 4-bit ``Linear4bit``; see the module doc.
+
+    Trainable parameters: LoRA's r·(in + out) (``adapter_params``); the 4-bit base is not counted.
+    """
 
     config_cls = QLoRAConfig
 
     def __init__(self, base_layer: nn.Module, cfg: QLoRAConfig | None = None, name: str = "", **values):
-        cfg = cfg if cfg is not None else QLoRAConfig(**values)
+        cfg = cfg if cfg is not None else self.config_cls(**values)
         lin = _as_linear(base_layer)
         # LoRA's factors take the dtype of the float weight, before it is quantized away
         super().__init__(lin, cfg, name)
@@ -261,5 +267,5 @@ def qlora_training_args(cfg: QLoRAConfig) -> dict:
     return {"optim": "paged_adamw_32bit"} if cfg.paged_optimizer else {}
 
 
-register_method("qlora", QLoRAConfig, QLoRALinear, prepare=quantize_frozen_linears, training_args=qlora_training_args,
+register_method("qlora", make_layer=QLoRALinear, prepare=quantize_frozen_linears, training_args=qlora_training_args,
                 after_train=report_weight_memory)

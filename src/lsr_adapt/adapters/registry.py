@@ -16,7 +16,8 @@ from ..errors import LsrAdaptError, choices_error
 class AdapterMethod:
     """How one ``adaptation_type`` turns a frozen base model into a trainable one.
 
-    config_cls:  dataclass of the method's hyperparameters (the ``model.<name>`` YAML section).
+    config_cls:  dataclass of the method's hyperparameters (the ``model.<name>`` YAML section); its
+                 ``__post_init__`` checks their ranges, choices and cross-field rules.
     make_layer:  ``(base_layer, config, layer_name) -> AdapterLayer`` for methods that wrap target
                  layers; None for methods that wrap nothing (full fine-tuning, head only).
     prepare:     optional ``(model, config) -> None`` run after wrapping (e.g. quantize the rest).
@@ -56,15 +57,37 @@ class AdapterMethod:
         except (TypeError, ValueError) as e:
             raise LsrAdaptError(f"bad {self.name} config {values}: {e}") from None
 
+    def adapter_params(self, in_features: int, out_features: int, config: Mapping[str, Any] | Any | None = None,
+                       layer: str = "") -> int:
+        """Adapter parameters of one layer ``in_features`` → ``out_features``: the layer class's own
+        formula (``AdapterLayer.adapter_params``), nothing built."""
+        size = getattr(self.make_layer, "adapter_params", None)
+        if size is None:
+            raise LsrAdaptError(f"adaptation_type {self.name!r} has no adapter size formula (its layer class "
+                                f"has no adapter_params)")
+        return size(in_features, out_features, self.make_config(config), layer)
+
 
 METHODS: dict[str, AdapterMethod] = {}
 
 
-def register_method(name: str, config_cls: type, make_layer=None, prepare=None, *, replace: bool = False,
-                    **hooks) -> AdapterMethod:
-    """Register ``name``; ``hooks`` are the optional training hooks of ``AdapterMethod``."""
+def register_method(name: str, config_cls: type | None = None, make_layer=None, prepare=None, *,
+                    replace: bool = False, **hooks) -> AdapterMethod:
+    """Register ``name``; ``hooks`` are the optional training hooks of ``AdapterMethod``.
+
+    ``config_cls`` defaults to the layer class's own ``config_cls`` (the layer names its config once:
+    ``register_method("lora", make_layer=LoRALinear)``); a method that reuses another's layer with a
+    config of its own (LoRA+) passes that config, a subclass of the layer's."""
     if name in METHODS and not replace:
         raise ValueError(f"adaptation_type {name!r} is already registered")
+    layer_cfg = getattr(make_layer, "config_cls", None)
+    if config_cls is None:
+        if layer_cfg is None:
+            raise ValueError(f"register_method({name!r}): give config_cls, or a make_layer class with a config_cls")
+        config_cls = layer_cfg
+    elif layer_cfg is not None and not issubclass(config_cls, layer_cfg):
+        raise ValueError(f"register_method({name!r}): {config_cls.__name__} is not a {layer_cfg.__name__}, the "
+                         f"config {getattr(make_layer, '__name__', make_layer)} reads")
     method = AdapterMethod(name, config_cls, make_layer, prepare, **hooks)
     METHODS[name] = method
     return method
