@@ -146,6 +146,7 @@ def run_study(*, config, launcher, arguments: list[str], params, sampler, pruner
     write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(config))
     storage_url = str(storage) if storage else default_storage(sweep_dir)
     name = str(study_name) if study_name else sweep_dir.name
+    sampler = grid_sampler_config(sampler, dists)
     try:
         sampler_obj = instantiate(sampler) if sampler else None
         pruner_obj = instantiate(pruner) if pruner else optuna.pruners.NopPruner()
@@ -160,6 +161,9 @@ def run_study(*, config, launcher, arguments: list[str], params, sampler, pruner
              storage_url, len(study.trials), type(sampler_obj).__name__, type(pruner_obj).__name__)
 
     left = int(n_trials)
+    if isinstance(sampler_obj, optuna.samplers.GridSampler):  # a grid ends: a rerun after it only reports
+        left = min(left, grid_points_left(study, dists))
+        log.info("grid: %d point(s) left to run", left)
     while left > 0:
         trials = [study.ask(fixed_distributions=dists) for _ in range(min(left, int(n_jobs)))]
         for batch in _contiguous(trials):  # job number = trial number: unique in the study, across workers
@@ -181,6 +185,24 @@ def run_study(*, config, launcher, arguments: list[str], params, sampler, pruner
         log.info("best trial %d: %s %.6g with %s (%s)", results["best_trial"], config.data.metric,
                  results["best_value"], results["best_params"], sweep_dir / RESULTS_FILE)
     return results
+
+
+GRID_SAMPLER = "optuna.samplers.GridSampler"
+
+
+def grid_sampler_config(sampler, dists: dict):
+    """``GridSampler`` without a ``search_space``: the grid is the search space's ``choice(...)`` lists
+    (the one place they are written), so the grid matches what each trial draws; any other sampler as given."""
+    from optuna.distributions import CategoricalDistribution
+
+    plain = _plain(sampler)
+    if not isinstance(plain, dict) or plain.get("_target_") != GRID_SAMPLER or "search_space" in plain:
+        return sampler
+    not_choices = sorted(k for k, d in dists.items() if not isinstance(d, CategoricalDistribution))
+    if not_choices:
+        raise LsrAdaptError(f"the grid sampler needs choice(...) for every searched value; not a choice: "
+                            f"{', '.join(not_choices)}")
+    return {**plain, "search_space": {k: list(d.choices) for k, d in dists.items()}}
 
 
 def _open_study(optuna, name, storage, sampler, pruner, direction):
@@ -229,12 +251,29 @@ def _tell(study, trial, handle, ret) -> None:
     except Exception as e:  # noqa: BLE001 - any failure of the job is a failed trial
         log.warning("trial %d failed: %s", trial.number, e)
         value = None
-    if handle.pruned is not None:
-        study.tell(trial, state=state.PRUNED)
-    elif value is None:
-        study.tell(trial, state=state.FAIL)
-    else:
-        study.tell(trial, float(value))
+    try:
+        if handle.pruned is not None:
+            study.tell(trial, state=state.PRUNED)
+        elif value is None:
+            study.tell(trial, state=state.FAIL)
+        else:
+            study.tell(trial, float(value))
+    except RuntimeError as e:
+        # GridSampler calls study.stop() once every grid point has run, which Optuna allows only inside
+        # study.optimize(); the trial is stored by then (tell's finally), and run_study counts the grid itself
+        if "Study.stop" not in str(e):
+            raise
+
+
+def grid_points_left(study, dists: dict) -> int:
+    """Grid points no finished trial of the study has run yet (a failed one counts as run, as for
+    Optuna's GridSampler); the grid is every combination of the searched ``choice(...)`` values."""
+    import math
+
+    size = math.prod(len(d.choices) for d in dists.values())
+    done = {tuple(sorted((k, str(v)) for k, v in t.params.items())) for t in study.trials
+            if t.state.is_finished() and set(t.params) == set(dists)}
+    return max(0, size - len(done))
 
 
 def optimization_results(study, sweep_dir: Path, direction: str, metric: str, storage: str) -> dict:
