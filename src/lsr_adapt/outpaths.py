@@ -4,6 +4,9 @@ The rule the commands share (predict, export, report): no command writes inside 
 dir (one holding ``results.json``) or over its own input; outputs go to a path the user names or
 to a fresh default beside the input. These checks run first, so a refused command has written
 nothing and loaded nothing.
+
+It also names the files of a run dir (``RESULTS``, ``RUN_CONFIG``, the adapter's files, Hydra's
+record, a failed sweep job's record): each spelled here once, imported everywhere else.
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ from pathlib import Path
 
 from .errors import LsrAdaptError
 
+# -- the files of a run dir, named once: every module in src/ imports them from here --------------
 RESULTS = "results.json"  # what makes a directory a finished run (training/results.py writes it last)
+RUN_CONFIG = "config_resolved.yaml"  # the run's resolved config: in the run dir, and in each checkpoint
+FAILED = "failed.json"  # a --multirun job's failure (sweep_status), never beside a results.json
+HYDRA_RECORD = ".hydra"  # Hydra's record of the command (hydra.output_subdir), unless kept from it
+HYDRA_OVERRIDES = "overrides.yaml"  # inside HYDRA_RECORD: the command's overrides
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+LSR_ADAPT_CONFIG = "lsr_adapt_config.json"  # lsr-adapt's record beside peft's config (the peft layout)
+LEGACY_WEIGHTS = "adapter_model.bin"
 
 
 def _abs(path) -> Path:

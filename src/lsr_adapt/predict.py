@@ -27,7 +27,7 @@ from .cli import ArgumentParser, add_run_loading_args, exit_on_user_error, quiet
 from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
 from .modeling import check_max_length, position_limit
-from .outpaths import check_output_file
+from .outpaths import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RUN_CONFIG, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def evaluate_split(run: LoadedRun, split: str, data_overrides=(), batch_size: in
     from .metrics import compute
 
     if run.run_config is None:
-        raise LsrAdaptError(f"{run.path}: no config_resolved.yaml, so the dataset is unknown; "
+        raise LsrAdaptError(f"{run.path}: no {RUN_CONFIG}, so the dataset is unknown; "
                             f"use --file with a labelled file instead")
     data_cfg = OmegaConf.create(OmegaConf.to_container(run.run_config.data, resolve=True))
     for item in data_overrides:
@@ -279,7 +279,7 @@ def run_cli(args) -> None:
 
 def main(argv=None) -> None:
     p = ArgumentParser(prog="python -m lsr_adapt.predict", description="Predict with a saved run.")
-    p.add_argument("--run", required=True, help="run directory (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--run", required=True, help=f"run directory ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})")
     p.add_argument("--text", help="one input text")
     p.add_argument("--text-pair", help="its second text (sentence-pair tasks)")
     p.add_argument("--file", help="a .csv / .tsv (with header) or .jsonl file of inputs")

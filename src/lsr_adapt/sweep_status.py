@@ -8,7 +8,7 @@ sweeper counts a ``None`` objective as a failed trial. ``hydra_callbacks.SweepSt
 the failures when the sweep ends and exits non-zero with one line naming them. A single run keeps
 the one-line ``error:`` / exit 2 contract of ``cli.exit_on_user_error`` (``run_job`` lets it pass).
 
-Bottom layer: imports only ``errors``, ``iofiles``, ``runlog``, ``cli``, the standard library and Hydra.
+Bottom layer: imports only ``errors``, ``iofiles``, ``outpaths``, ``runlog``, ``cli``, the standard library and Hydra.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from . import runlog
 from .cli import log_to_files
 from .errors import LsrAdaptError, RunDirRefused, first_line
 from .iofiles import write_json
+from .outpaths import FAILED, HYDRA_OVERRIDES, HYDRA_RECORD, RESULTS
 
 log = logging.getLogger("lsr_adapt")
 
-FAILED = "failed.json"
 # set by the launching process when a sweep starts; jobs inherit it (in-process, joblib workers,
 # submitit / Slurm environments), so the sweep's end counts its own failed.json, not an older sweep's
 SWEEP_ID_ENV = "LSR_ADAPT_SWEEP_ID"
@@ -90,7 +90,7 @@ def record_failure(job_dir: Path, e: BaseException) -> Path:
 
 
 def _finished(job_dir: Path) -> str | None:
-    if (job_dir / "results.json").exists():
+    if (job_dir / RESULTS).exists():
         return f"{job_dir} already holds a finished run"
     return None
 
@@ -115,9 +115,9 @@ def run_job(fn, cfg, *args, refusal=_finished, **kwargs):
     if not in_multirun():
         return fn(cfg, *args, **kwargs)
     job_dir = _job_dir(cfg)
-    if os.environ.get(CONTINUED_ENV) and (job_dir / "results.json").exists():
+    if os.environ.get(CONTINUED_ENV) and (job_dir / RESULTS).exists():
         log.info("%s finished in an earlier launch of this sweep: kept as it is", job_dir)
-        return json.loads((job_dir / "results.json").read_text())
+        return json.loads((job_dir / RESULTS).read_text())
     ours = _is_rank0() and refusal(job_dir) is None
     if ours:
         (job_dir / FAILED).unlink(missing_ok=True)
@@ -178,9 +178,9 @@ def failed_jobs(sweep_dir: Path, sweep_id: str | None = None) -> list[FailedJob]
 def jobs_started(sweep_dir: Path, since: float) -> int:
     """Hydra job dirs below ``sweep_dir`` whose ``.hydra/overrides.yaml`` was written since ``since``."""
     n = 0
-    for f in Path(sweep_dir).rglob("overrides.yaml"):
+    for f in Path(sweep_dir).rglob(HYDRA_OVERRIDES):
         try:
-            n += f.parent.name == ".hydra" and f.stat().st_mtime >= since
+            n += f.parent.name == HYDRA_RECORD and f.stat().st_mtime >= since
         except FileNotFoundError:
             continue
     return n

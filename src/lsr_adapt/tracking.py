@@ -32,6 +32,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import LsrAdaptError, choices_error
+from .outpaths import RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ def _start_mlflow(cfg: DictConfig, options, out_dir: Path):
     def close(results):
         if results is not None:
             mlflow.log_metrics(summary_metrics(results))
-            results_file = out_dir / "results.json"
+            results_file = out_dir / RESULTS
             if results_file.exists():
                 mlflow.log_artifact(str(results_file))
         mlflow.end_run(status="FINISHED" if results is not None else "FAILED")

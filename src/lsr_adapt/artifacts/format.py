@@ -46,14 +46,11 @@ from .. import __version__
 from ..adapters import adapter_entry_names, adapter_layers
 from ..errors import LsrAdaptError, first_line
 from ..iofiles import atomic_path, write_json
+from ..outpaths import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LEGACY_WEIGHTS, LSR_ADAPT_CONFIG, RUN_CONFIG
 from .fingerprint import base_fingerprint
 
 log = logging.getLogger(__name__)
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-LSR_ADAPT_CONFIG = "lsr_adapt_config.json"  # lsr-adapt's record beside peft's config (the peft layout)
-LEGACY_WEIGHTS = "adapter_model.bin"
 FORMAT = "lsr-adapt"
 FORMAT_VERSION = 1
 CHECKSUM_KEY = "weights_sha256"
@@ -154,7 +151,7 @@ def adapter_files(path) -> tuple[Path, Path]:
         raise LsrAdaptError(f"{p}: no such adapter directory")
     cfg = p / ADAPTER_CONFIG
     if not cfg.is_file():
-        if (p / "config_resolved.yaml").is_file():  # a run directory whose run has not finished
+        if (p / RUN_CONFIG).is_file():  # a run directory whose run has not finished
             raise LsrAdaptError(f"{p}: the run has not finished (no {ADAPTER_CONFIG} yet); wait for it, resume "
                                 f"it by re-running its command, or pass a finished run")
         raise LsrAdaptError(f"{cfg}: missing file (not an adapter or run directory)")

@@ -12,6 +12,7 @@ from torch import nn
 from ..adapters import adapter_layers, get_method
 from ..errors import LsrAdaptError, first_line
 from ..modeling import model_path_of
+from ..outpaths import RUN_CONFIG
 from ..tasks import get_task
 from .bank import load_adapter
 from .format import FUNCTION_NEUTRAL_OPTIONS, adapter_files, config_dict, is_peft_config, read_adapter_config
@@ -86,7 +87,7 @@ class LoadedRun:
 def run_config_of(run_dir) -> Any:
     from omegaconf import OmegaConf
 
-    path = Path(run_dir) / "config_resolved.yaml"
+    path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         return None
     try:

@@ -10,7 +10,7 @@ before the Trainer stack (transformers' trainer, accelerate, peft: seconds) is i
 is answered at once.
 """
 
-from .rundir import RESULTS
+from ..outpaths import RESULTS
 
 __all__ = ["RESULTS", "train"]
 

@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from ..artifacts import read_json, read_weights
 from ..errors import LsrAdaptError, RunDirRefused
 from ..iofiles import write_json
+from ..outpaths import RUN_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ MANIFEST = "manifest.json"
 WEIGHTS = "trainable.safetensors"
 STATE = "lsr_adapt_state.json"
 BEST = "best_weights.safetensors"
-CONFIG = "config_resolved.yaml"  # the run's resolved config: in the run dir, and in each checkpoint
 
 
 def checkpoint_dirs(run_dir) -> list[Path]:
@@ -200,7 +200,7 @@ def _check_same_config(cfg, ckpt: Path) -> None:
     """Refuse to continue a run that was started with a different config: the one the checkpoint was
     written under (checksummed by its manifest; a checkpoint of an older lsr-adapt without one: the
     run dir's ``config_resolved.yaml``, if it is still there)."""
-    previous = ckpt / CONFIG if (ckpt / CONFIG).exists() else ckpt.parent / CONFIG
+    previous = ckpt / RUN_CONFIG if (ckpt / RUN_CONFIG).exists() else ckpt.parent / RUN_CONFIG
     if not previous.exists():
         return
     changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(previous)),

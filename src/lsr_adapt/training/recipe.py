@@ -29,6 +29,7 @@ from ..errors import LsrAdaptError
 from ..iofiles import write_json, writing
 from ..metrics import higher_is_better
 from ..modeling import LoadedModel, freeze_adapter, model_path_of, parameter_counts, prepare_model
+from ..outpaths import RESULTS
 from ..tasks import Task, evaluate_extra, extra_eval_datasets, get_task
 from ..tracking import Tracking, start_tracking, tracker_names
 from . import compat
@@ -37,7 +38,7 @@ from .checkpoints import load_recorder_state, load_trainable, remove_checkpoints
 from .pruning import mark_pruned, pruning_callbacks
 from .recorder import EpochRecorder, check_finite
 from .results import adapter_meta, majority_class, results_record
-from .rundir import RESULTS, claim, output_dir_of, start_records
+from .rundir import claim, output_dir_of, start_records
 from .trainer import AdapterTrainer
 
 log = logging.getLogger(__name__)

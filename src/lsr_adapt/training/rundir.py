@@ -25,13 +25,13 @@ from .. import runlog
 from ..distributed import is_main_process
 from ..errors import LsrAdaptError, RunDirRefused, first_line
 from ..iofiles import remove_stale_temp_files, write_text
-from .checkpoints import CONFIG, checkpoint_dirs
+from ..outpaths import HYDRA_RECORD, RESULTS, RUN_CONFIG
+from .checkpoints import checkpoint_dirs
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.json"
 LOCK = ".lock"
-__all__ = ["CONFIG", "LOCK", "RESULTS", "claim", "output_dir_of", "refusal", "register_resolvers", "start_records"]
+__all__ = ["LOCK", "RESULTS", "RUN_CONFIG", "claim", "output_dir_of", "refusal", "register_resolvers", "start_records"]
 
 
 def output_dir_of(cfg: DictConfig) -> Path:
@@ -104,11 +104,11 @@ def start_records(out_dir: Path, config_text: str) -> None:
     if is_main_process():
         for stale in remove_stale_temp_files(out_dir):
             log.info("removed %s, left by a run killed while writing it", stale)
-        write_text(out_dir / CONFIG, config_text)
+        write_text(out_dir / RUN_CONFIG, config_text)
 
 
 # -- keeping Hydra's hands off a finished or busy run dir ------------------------------------------
-def _hydra_subdir(output_dir: str, subdir: str = ".hydra"):
+def _hydra_subdir(output_dir: str, subdir: str = HYDRA_RECORD):
     """``hydra.output_subdir``: Hydra's record of the command, unless the dir is finished or busy, or
     holds an interrupted run's checkpoints (then None: Hydra writes nothing there; the record of the
     command that started the run stays, and a relaunch either continues it or stops with one line)."""

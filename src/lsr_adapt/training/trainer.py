@@ -31,8 +31,9 @@ from transformers import Trainer, TrainerCallback
 from ..distributed import barrier, full_tensor, local_tensor
 from ..errors import LsrAdaptError
 from ..iofiles import write_json, write_text, writing
+from ..outpaths import RUN_CONFIG
 from . import compat
-from .checkpoints import BEST, CONFIG, PREFIX, STATE, WEIGHTS, publish_checkpoint
+from .checkpoints import BEST, PREFIX, STATE, WEIGHTS, publish_checkpoint
 from .recorder import EpochRecorder
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class AdapterTrainer(Trainer):
                 info, best = self.recorder.state_dict()
                 write_json(tmp / STATE, {**info, "skipped_batches": self.skipped_batches})
                 if self.run_config is not None:  # what a resume must match, checksummed with the rest
-                    write_text(tmp / CONFIG, self.run_config)
+                    write_text(tmp / RUN_CONFIG, self.run_config)
                 if best:
                     save_file({n: t.contiguous() for n, t in best.items()}, tmp / BEST)
         barrier()  # every rank's RNG file is in
