@@ -1,128 +1,213 @@
-"""LoRA and LSR layers against independent references: HF peft, dense torch.kron, formulas."""
+"""lsr_adapt.adapters as a whole (base.AdapterLayer, inject.py, apply_adapter / replace_linear_with_*): the
+contract every registered method keeps on a tiny model (starts at the base model, merge / unmerge /
+disable, only its parameters train, its parameter formula, save / load, GPT-2 Conv1D), target-module
+resolution and the head, and each method trained end to end through train() and the CLI."""
 
 from __future__ import annotations
 
-import copy
+import json
+import sys
 
 import pytest
 import torch
-from conftest import tiny_batch, tiny_classifier
+from adapter_cases import (
+    ADAPTER_METHODS,
+    FAST,
+    METHOD_CASES,
+    R,
+    _logits,
+    _perturb,
+    _prepared,
+    _randomize,
+    _trainable_names,
+    needs_bnb,
+)
+from helpers import ROOT, run_train, tiny_batch, tiny_classifier
 from tolerances import assert_fp32_close, forward_terms
 from torch import nn
 
 from lsr_adapt import LoRALinear, LsrAdaptError, LSRLinear, replace_linear_with_lora, replace_linear_with_lsr
-from lsr_adapt.adapters import adapter_layers, factorize, merge_and_unload
-from lsr_adapt.adapters.lsr import PATHS
+from lsr_adapt.adapters import (
+    METHODS,
+    adapter_layers,
+    merge_adapters,
+    merge_and_unload,
+    set_adapters_enabled,
+    unmerge_adapters,
+)
+
+# -- every adapter method --------------------------------------------------------------------------
 
 
-def _randomize(layer: nn.Module, seed: int = 0) -> None:
-    """Give every adapter parameter random values (ΔW = 0 at init would hide mistakes)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.adapter_parameters().values():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-
-def lsr_dense_reference(layer: LSRLinear) -> torch.Tensor:
-    """ΔW built term by term with torch.kron, straight from the definition."""
-    a1, a2, b1, b2 = layer.lsr_A1, layer.lsr_A2, layer.lsr_B1, layer.lsr_B2
-    t = layer.num_terms
-    if layer.form == "sum":
-        delta = sum(torch.kron(b1[i] @ a1[i], b2[i] @ a2[i]) for i in range(t))
-    else:
-        delta = sum(torch.kron(b1[i], b2[i]) for i in range(t)) @ sum(torch.kron(a1[i], a2[i]) for i in range(t))
-    return delta * layer.scaling
-
-
-# -- parameter counts ----------------------------------------------------------------------------
-
-def test_parameter_counts_match_formulas():
-    base = nn.Linear(768, 768)
-    assert LoRALinear(base, r=8).num_adapter_params() == 8 * (768 + 768) == 12_288
-    assert LoRALinear(base, r=16).num_adapter_params() == 24_576
-    lsr = LSRLinear(base, r=2, num_terms=16)
-    assert (lsr.d1, lsr.d2, lsr.k1, lsr.k2) == (32, 24, 32, 24)
-    assert lsr.num_adapter_params() == 16 * 2 * (32 + 24 + 32 + 24) == 3_584
-    ffn = LSRLinear(nn.Linear(768, 3072), r=2, num_terms=16)
-    assert (ffn.k1, ffn.k2) == (64, 48)
-    assert ffn.num_adapter_params() == 16 * 2 * (32 + 24 + 64 + 48)
-
-
-def test_roberta_base_query_value_counts():
-    """The numbers in the README: RoBERTa-base q,v over 12 layers."""
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    cfg = RobertaConfig(vocab_size=100, num_labels=2)  # RoBERTa-base shapes; a small vocab keeps it light
-    model = RobertaForSequenceClassification(cfg)
-    lora = replace_linear_with_lora(copy.deepcopy(model), ["query", "value"], r=8, alpha=8)
-    lsr = replace_linear_with_lsr(model, ["query", "value"], r=2, num_terms=16, alpha=2)
-    count = lambda m: sum(layer.num_adapter_params() for layer in adapter_layers(m).values())  # noqa: E731
-    assert len(adapter_layers(lora)) == 24
-    assert count(lora) == 294_912
-    assert count(lsr) == 86_016
-
-
-def test_factorize_and_bad_factors():
-    assert factorize(768) == (32, 24)
-    assert factorize(3072) == (64, 48)
-    assert factorize(384) == (24, 16)
-    with pytest.raises(LsrAdaptError, match=r"cannot factor the input dim 97 of layer enc.q"):
-        LSRLinear(nn.Linear(97, 64), name="enc.q")
-    with pytest.raises(LsrAdaptError, match=r"factors \[5, 5\] do not multiply to the input dim 64 of layer q"):
-        LSRLinear(nn.Linear(64, 64), in_factors=[5, 5], name="q")
-    with pytest.raises(LsrAdaptError, match=r"rank r=9 exceeds the smallest Kronecker factor \(8\) of layer q"):
-        LSRLinear(nn.Linear(64, 64), r=9, name="q")
-    with pytest.raises(LsrAdaptError, match="unknown LSR form 'diag'; valid choices: sum, product"):
-        LSRLinear(nn.Linear(64, 64), form="diag")
-
-
-# -- exactness -----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("form", ["sum", "product"])
-@pytest.mark.parametrize("path", [p for p in PATHS if p != "auto"])
-def test_lsr_matches_dense_kron_reference(form, path):
-    torch.manual_seed(0)
-    base = nn.Linear(24, 35)  # in 6×4, out 7×5: unequal factors catch transposed indices
-    layer = LSRLinear(base, r=2, num_terms=3, form=form, path=path)
-    assert (layer.d1, layer.d2, layer.k1, layer.k2) == (6, 4, 7, 5)
-    _randomize(layer)
-    ref = lsr_dense_reference(layer)
-    # each ΔW entry: t Kronecker terms, each a product of two r-term sums, then the scaling
-    kron_terms = layer.num_terms * 2 * layer.r + 1
-    assert_fp32_close(layer.delta_weight(), ref, terms=kron_terms)
-    x = torch.randn(3, 5, 24)
-    assert_fp32_close(layer(x), base(x) + x @ ref.T, terms=24 + kron_terms)  # + the 24 inputs of the matmul
-
-
-def test_lsr_explicit_factors_and_auto_path():
-    layer = LSRLinear(nn.Linear(768, 768), r=2, num_terms=16, in_factors=[48, 16], out_factors=[24, 32])
-    assert (layer.d1, layer.d2, layer.k1, layer.k2) == (48, 16, 24, 32)
-    assert layer.path == "factored"  # R = 64: 3·64·1536 ≤ 768²
-    assert LSRLinear(nn.Linear(768, 768), r=8, num_terms=16).path == "dense"  # R = 1024
-    assert LSRLinear(nn.Linear(768, 768), r=8, num_terms=16, form="product").path == "factored"  # R = 64
-
-
-def test_lora_matches_peft_on_same_weights():
-    peft = pytest.importorskip("peft")
-    loaded = tiny_classifier()
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_starts_at_the_base_model(method):
+    loaded, base, _ = _prepared(method)
     model = loaded.model.eval()
-    reference = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
-        r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0, init_lora_weights=False))
-    ours = replace_linear_with_lora(model, ["query", "value"], r=4, alpha=8)
-    peft_state = reference.state_dict()
-    for name, layer in adapter_layers(ours).items():
-        prefix = f"base_model.model.{name}"
-        with torch.no_grad():
-            layer.lora_A.copy_(peft_state[f"{prefix}.lora_A.default.weight"])
-            layer.lora_B.copy_(peft_state[f"{prefix}.lora_B.default.weight"])
-        assert layer.lora_B.abs().sum() > 0  # init_lora_weights=False: a non-trivial ΔW
     batch = tiny_batch(loaded.tokenizer)
+    out = _logits(model, batch)
+    if method == "qlora":  # ΔW = 0 over the 4-bit base; the 4-bit base itself is close to fp32
+        set_adapters_enabled(model, False)
+        torch.testing.assert_close(out, _logits(model, batch), rtol=0, atol=0)
+        from lsr_adapt.adapters.qlora import dequantize
+
+        originals = dict(base.named_modules())
+        for name, m in model.named_modules():  # each 4-bit weight within half an NF4 step of the fp32 one
+            if getattr(getattr(m, "weight", None), "quant_state", None) is not None:
+                w = originals[name.removesuffix(".base_layer")].weight.detach().reshape(-1, 32)
+                err = (dequantize(m.weight).reshape(-1, 32) - w).abs()
+                # NF4: half the widest level gap, (1 − 0.7230)/2 = 0.139 of the block absmax (+ its 8-bit error)
+                assert (err <= 0.16 * w.abs().amax(1, keepdim=True)).all(), name
+    else:  # ΔW = 0, but the adapted forward adds it (and DoRA rescales by m/‖W₀‖ = 1) in float32
+        assert_fp32_close(out, _logits(base, batch), terms=forward_terms(model, batch))
+
+
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_merge_equals_unmerged_and_unmerge_restores(method):
+    loaded, _, _ = _prepared(method)
+    model = loaded.model.eval()
+    _perturb(model)
+    batch = tiny_batch(loaded.tokenizer)
+    layers = adapter_layers(model)
+    weights = {n: (layer.base_layer.weight.detach().clone(), layer.base_weight().detach().clone(),
+                   layer.delta_weight().detach().clone()) for n, layer in layers.items()}
+    unmerged = _logits(model, batch)
+    merge_adapters(model)
+    assert all(layer.merged for layer in layers.values())
+    merged = _logits(model, batch)
+    if method == "qlora":
+        # re-quantizing W₀ + ΔW costs one NF4 rounding: within half a level gap of each block's scale
+        for n, layer in layers.items():
+            target = (weights[n][1] + weights[n][2]).reshape(-1, 32)
+            err = (layer.base_weight() - weights[n][1] - weights[n][2]).reshape(-1, 32).abs()
+            assert (err <= 0.16 * target.abs().amax(1, keepdim=True)).all(), n  # 0.139 + 8-bit absmax, as above
+    else:
+        # merged: (W₀+ΔW)x, unmerged: W₀x + B(Ax): the forward's sums in another order, plus ΔW's R terms
+        assert_fp32_close(merged, unmerged, terms=forward_terms(model, batch) + R)
+        for n, layer in layers.items():  # the merged weight is W₀ + ΔW (DoRA's column norms: in_features terms)
+            assert_fp32_close(layer.base_weight(), weights[n][1] + weights[n][2], terms=layer.in_features + R)
+    unmerge_adapters(model)
+    for n, layer in layers.items():
+        assert torch.equal(layer.base_layer.weight.detach(), weights[n][0])  # bit for bit
+    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_only_intended_parameters_train(method):
+    loaded, _, prepared = _prepared(method)
+    model = loaded.model.train()
+    _perturb(model)
+    layers = adapter_layers(model)
+    head = set(prepared.head_names)
+    intended = set(head)
+    for ln, layer in layers.items():
+        intended |= {f"{ln}.{pn}" for pn in layer.adapter_parameters() if pn not in layer.frozen_params}
+    assert _trainable_names(model) == intended
+    if method == "lora_fa":
+        assert all(not layer.lora_A.requires_grad and layer.lora_B.requires_grad for layer in layers.values())
+    batch = tiny_batch(loaded.tokenizer)
+    out = model(**batch, labels=torch.tensor([0, 1, 0, 1]))
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        if name in intended:
+            assert p.grad is not None, name
+            if method != "dylora" or "lora_B" in name:  # DyLoRA rows past the sampled rank get zeros
+                assert p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_parameter_counts_match_formulas(method):
+    loaded, _, prepared = _prepared(method)
+    layers = adapter_layers(loaded.model)
+    assert len(layers) == 4  # query and value of 2 layers
+    per_layer = METHOD_CASES[method][1]
+    if per_layer is None:  # LSR: t·r·(d₁ + d₂ + k₁ + k₂)
+        cfg = METHOD_CASES[method][0]
+        per_layer = lambda i, o: cfg["num_terms"] * cfg["r"] * (8 + 4 + 8 + 4)  # noqa: E731 - 32 = 8·4
+    expected = sum(per_layer(layer.in_features, layer.out_features) for layer in layers.values())
+    counts = prepared.counts
+    assert counts["trainable_params"] == expected + counts["head_params"]
+    assert counts["head_params"] == 32 * 32 + 32 + 32 * 2 + 2  # classifier.dense + out_proj
+    total = sum(p.numel() for p in tiny_classifier().model.parameters())
+    adapter_total = sum(layer.num_adapter_params() for layer in layers.values())
+    assert counts["total_params"] == total + adapter_total  # QLoRA counts weights, not packed bytes
+
+
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_save_load_round_trip(method, tmp_path):
+    from safetensors.torch import load_file
+
+    from lsr_adapt.artifacts import ADAPTER_WEIGHTS, save_adapter
+
+    loaded, _, _ = _prepared(method)
+    model = loaded.model.eval()
+    _perturb(model, seed=3)
+    batch = tiny_batch(loaded.tokenizer)
+    expected = _logits(model, batch)
+    save_adapter(model, tmp_path, {"adaptation_type": method})
+    tensors = load_file(str(tmp_path / ADAPTER_WEIGHTS))
+    fresh, _, _ = _prepared(method)
+    _, unexpected = fresh.model.load_state_dict(tensors, strict=False)
+    assert not unexpected
+    assert {k for k in tensors if ".lora_A" in k or ".lsr_A" in k}  # the A side is saved (LoRA-FA: frozen)
+    torch.testing.assert_close(_logits(fresh.model.eval(), batch), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["dora", "lora_fa", "dylora", pytest.param("qlora", marks=needs_bnb)])
+def test_gpt2_conv1d_layers_equal_the_linear_ones(method):
+    """GPT-2's Conv1D stores W transposed; every method must read it as (out, in)."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96)
+    conv = Conv1D(96, 64)
     with torch.no_grad():
-        # peft's LoRA forward: the same sums in its own order along the whole network
-        assert_fp32_close(ours(**batch).logits, reference.eval()(**batch).logits, terms=forward_terms(model, batch))
+        conv.weight.copy_(lin.weight.T)
+        conv.bias.copy_(lin.bias)
+    make = METHODS[method].make_layer
+    cfg = METHODS[method].make_config({"r": R, **({"blocksize": 64} if method == "qlora" else {})})
+    torch.manual_seed(1)
+    a = make(lin, cfg, "lin")
+    torch.manual_seed(1)
+    b = make(conv, cfg, "conv")
+    _perturb(nn.ModuleDict({"a": a}), seed=5)
+    _perturb(nn.ModuleDict({"b": b}), seed=5)
+    x = torch.randn(3, 5, 64)
+    for layer in (a, b):
+        layer.eval()
+    # Conv1D (x·W, addmm) vs Linear (x·Wᵀ): other kernels over the 64 inputs, plus the rank-R path
+    assert_fp32_close(b(x), a(x), terms=64 + R)
+    assert_fp32_close(b.delta_weight(), a.delta_weight(), terms=R)  # B·A: R terms, transposed layout
+    if method != "qlora":
+        b.merge()
+        assert_fp32_close(b(x), a(x), terms=64 + R)  # (W₀+ΔW)x vs W₀x + B(Ax)
 
 
-# -- behaviour on a model ------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_merged_then_disabled_is_the_base_model(method):
+    """Disabling a merged adapter takes ΔW out of the weight (exactly: unmerge restores it bit for
+    bit); enabling it again folds ΔW back in."""
+    loaded, _, _ = _prepared(method)
+    model = loaded.model.eval()
+    _perturb(model)
+    batch = tiny_batch(loaded.tokenizer)
+    set_adapters_enabled(model, False)
+    base = _logits(model, batch)  # the base model (QLoRA: its 4-bit base) through the same code
+    set_adapters_enabled(model, True)
+    merge_adapters(model)
+    merged = _logits(model, batch)
+    assert not torch.equal(merged, base)  # the adapter does change the output
+    set_adapters_enabled(model, False)
+    assert not any(layer.merged for layer in adapter_layers(model).values())
+    torch.testing.assert_close(_logits(model, batch), base, rtol=0, atol=0)
+    set_adapters_enabled(model, True)
+    assert all(layer.merged for layer in adapter_layers(model).values())
+    torch.testing.assert_close(_logits(model, batch), merged, rtol=0, atol=0)  # the same merge, the same floats
+
+
+# -- LoRA and LSR layers on a model ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["lora", "lsr"])
 def test_start_equals_base_merge_and_unmerge(method):
@@ -247,19 +332,35 @@ def test_target_modules_errors_list_available_layers():
     assert len(adapter_layers(model)) == 2 * 6 + 2  # 6 Linear per layer, plus the head's 2 (no exclude here)
 
 
-def test_lsr_factors_every_linear_layer_of_smollm2():
-    """SmolLM2-135M's layers (hidden 576, 3 KV heads × 64 = 192, MLP 1536): every one factors, and
-    the layer's ΔW equals the dense Kronecker sum it stands for (the reference: torch.kron)."""
-    from lsr_adapt.adapters.lsr import factorize
+# -- end to end through train() --------------------------------------------------------------------
 
-    assert [factorize(n) for n in (576, 192, 1536)] == [(24, 24), (16, 12), (48, 32)]
-    torch.manual_seed(0)
-    for in_f, out_f in [(576, 576), (576, 192), (576, 1536), (1536, 576)]:
-        layer = LSRLinear(nn.Linear(in_f, out_f), r=2, num_terms=3)
-        with torch.no_grad():
-            for p in layer.adapter_parameters().values():
-                p.normal_()
-        want = sum(torch.kron(layer.lsr_B1[i] @ layer.lsr_A1[i], layer.lsr_B2[i] @ layer.lsr_A2[i])
-                   for i in range(3)) * layer.scaling
-        # fp32; each entry sums 3 products of r=2 terms each way: rounding ~1e-6 relative to |ΔW|
-        torch.testing.assert_close(layer.delta_weight(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+SLOW = pytest.mark.slow  # covered by the unit tests above; end to end in the slow suite
+
+
+@pytest.mark.parametrize("model_cfg", ["roberta_dora", "roberta_full", "roberta_head",
+                                       pytest.param("roberta_lora_fa", marks=SLOW),
+                                       pytest.param("roberta_rslora", marks=SLOW),
+                                       pytest.param("roberta_lsr_plus", marks=SLOW)])
+def test_train_writes_results(model_cfg, tmp_path):
+    results = run_train(tmp_path, f"model={model_cfg}", *FAST)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "completed" and saved["adaptation_type"] == results["adaptation_type"]
+    assert len(saved["eval_history"]) == 1
+    if model_cfg == "roberta_full":
+        assert saved["trainable_params"] == saved["total_params"]
+    if model_cfg == "roberta_head":
+        assert saved["trainable_params"] == saved["head_params"] and saved["adapter_params"] == 0
+
+
+@pytest.mark.slow
+def test_cli_multirun_over_the_family(tmp_path):
+    """The comparison the issue asks for, through the real CLI: one results.json per job."""
+    import subprocess
+
+    models = "roberta_lora,roberta_lsr,roberta_dora,roberta_lora_plus,roberta_lora_fa,roberta_dylora,roberta_full,roberta_head"
+    cmd = [sys.executable, "main.py", "experiment=smoke", "--multirun", f"model={models}", *FAST,
+           "training.report_to=none", f"hydra.sweep.dir={tmp_path}"]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+    done = sorted(json.loads(f.read_text())["adaptation_type"] for f in tmp_path.glob("*/results.json"))
+    assert done == sorted(["lora", "lsr", "dora", "lora_plus", "lora_fa", "dylora", "full", "head"])

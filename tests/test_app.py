@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose, run_train
+from helpers import ROOT, compose, run_train
 
 from lsr_adapt import LsrAdaptError
 from lsr_adapt.cli import flags_first
@@ -127,7 +127,7 @@ def test_the_best_epoch_is_what_gets_saved(tmp_path):
 
 def test_tiny_training_loop_lowers_training_loss():
     """Adapters learn: a few AdamW steps on one batch cut its loss (LoRA and both LSR forms)."""
-    from conftest import tiny_batch, tiny_classifier
+    from helpers import tiny_batch, tiny_classifier
 
     from lsr_adapt.modeling import prepare_model
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SMALL_RUN, run_train, tiny_batch, tiny_classifier
+from helpers import ROOT, SMALL_RUN, run_train, tiny_batch, tiny_classifier
 from safetensors.torch import save_file as safetensors_save
 from tolerances import EPS32, assert_fp32_close, forward_terms, fp32_atol
 

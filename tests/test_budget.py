@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_classifier
+from helpers import tiny_classifier
 from torch import nn
 
 from lsr_adapt.adapters import METHODS, LoRALinear, LSRLinear

@@ -5,7 +5,7 @@ cannot take are refused before training.
 Each table row runs the command's real entry point (``main(argv)``: argparse, the checks,
 ``exit_on_user_error``) in this process, which is the CLI minus the interpreter start (a traceback
 would surface here as an uncaught exception, and the test would fail); one row per command also
-runs as a real process (``conftest.cli``). Every row checks: exit status 2, one ``error:`` line on
+runs as a real process (``helpers.cli``). Every row checks: exit status 2, one ``error:`` line on
 stderr naming the value, and that no file was written or changed anywhere under the test's
 directory, the finished run's files byte for byte included.
 """
@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RUN, assert_one_line_error, cli, compose, run_train
+from helpers import SMALL_RUN, assert_one_line_error, cli, compose, run_train
 
 from lsr_adapt.errors import LsrAdaptError
 

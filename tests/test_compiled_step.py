@@ -15,7 +15,7 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_one_line_error, cli, compose, tiny_batch, tiny_classifier
+from helpers import assert_one_line_error, cli, compose, tiny_batch, tiny_classifier
 from tolerances import assert_fp32_close, forward_terms
 from torch import nn
 

@@ -7,24 +7,13 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import CONF, compose
+from helpers import CONF, compose, sweeper_params
 from omegaconf import OmegaConf
 
 DEMO = ["minilm_head", "minilm_full", "minilm_lora", "minilm_lsr", "minilm_dora", "minilm_lora_fa",
         "minilm_lora_plus"]
 DEMO_FULL = [*DEMO, "minilm_dylora"]
 LORA_FAMILY = {"lora", "dora", "dylora", "lora_fa", "lora_plus"}
-
-
-def sweeper_params(*overrides: str) -> dict:
-    """``hydra.sweeper.params`` of a composed experiment (what its multirun sweeps)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    assert "report" in cfg.hydra.callbacks  # the comparison report at the end of the sweep
-    return {k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.sweeper.params).items()}
 
 
 # text classification / regression tasks; gw_disk (your GW data in gw_synthetic's format) and

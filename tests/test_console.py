@@ -10,7 +10,7 @@ import logging
 import re
 
 import pytest
-from conftest import SMALL_RUN, cli
+from helpers import SMALL_RUN, cli
 
 
 def _logged_dicts(text: str) -> list[dict]:

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, cli, compose
+from helpers import assert_one_line_error, cli, compose
 
 from lsr_adapt.errors import LsrAdaptError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_train
+from helpers import ROOT, run_train
 
 from lsr_adapt import LsrAdaptError
 from lsr_adapt.distributed import hydra_overrides_for_rank
@@ -178,7 +178,7 @@ def test_readme_scale_out_commands_compose(command):
     """The README's torchrun / accelerate / Slurm lines, after `main.py`, compose as each of their jobs."""
     from itertools import product
 
-    from conftest import compose
+    from helpers import compose
 
     args = [a for a in command.split() if not a.startswith("-")]
     sweeps = [[f"{a.split('=')[0]}={v}" for v in a.split("=", 1)[1].split(",")] for a in args]

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT, compose
+from helpers import ROOT, compose
 
 AREAS = {  # docs/<area>: runs committed under runs/ (or directly), and how many
     "frontier": 70, "stability/search": 55, "stability/test": 15, "drug_reviews_3class": 10, "head_pooling": 10,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_train
+from helpers import ROOT, run_train
 
 from lsr_adapt import LsrAdaptError
 from lsr_adapt.training.checkpoints import MANIFEST, WEIGHTS, checkpoint_dirs, checkpoint_problem
@@ -180,7 +180,7 @@ def test_bad_fault_settings_are_one_line_errors(tmp_path):
 
 
 def test_merge_refuses_a_non_finite_delta():
-    from conftest import tiny_classifier
+    from helpers import tiny_classifier
 
     from lsr_adapt.adapters import adapter_layers
     from lsr_adapt.modeling import prepare_model

@@ -10,8 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, compose
-from test_configs import sweeper_params
+from helpers import ROOT, compose, sweeper_params
 
 from lsr_adapt.budget import match_lsr, real_size
 

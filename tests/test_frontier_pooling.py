@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose
+from helpers import compose
 
 from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.modeling import load_classifier, prepare_model
@@ -126,7 +126,7 @@ def test_the_config_option_reaches_the_model():
 @pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
 def test_a_mean_pooling_run_reloads_and_exports_as_it_was_trained(tmp_path):
     """The run records its pooling; predict/export rebuild it; peft (stock head) is refused, merged is exact."""
-    from conftest import SMALL_RUN, assert_one_line_error, cli, run_train
+    from helpers import SMALL_RUN, assert_one_line_error, cli, run_train
     from transformers import AutoModelForSequenceClassification
 
     from lsr_adapt.artifacts import load_run

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMALL_RUN, assert_one_line_error, cli, run_train
+from helpers import ROOT, SMALL_RUN, assert_one_line_error, cli, run_train
 
 from lsr_adapt.errors import LsrAdaptError
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose, run_train
+from helpers import compose, run_train
 
 from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.metrics import roc_auc

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CONF, ROOT, assert_one_line_error, cli, compose
+from helpers import CONF, ROOT, assert_one_line_error, cli, compose
 from omegaconf import OmegaConf
 
 SHA = "0" * 40  # a commit hash, as datasets puts in the paths it resolves

@@ -37,7 +37,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DATASET_ID = "lsr-adapt/drug_reviews"

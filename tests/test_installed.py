@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL_RUN
+from helpers import ROOT, SMALL_RUN
 
 
 def _run(cmd, cwd, env=None, timeout=900):

@@ -13,8 +13,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, compose
-from test_configs import sweeper_params
+from helpers import ROOT, compose, sweeper_params
 
 from lsr_adapt.budget import real_size, target_shapes
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import cli
+from helpers import cli
 
 
 def _write(path, labels):  # words of the tiny test tokenizer (lsr_adapt.smoke)

@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import SMALL_RUN, cli, run_train, tiny_batch, tiny_classifier
+from helpers import SMALL_RUN, cli, run_train, tiny_batch, tiny_classifier
 from tolerances import EPS32, assert_fp32_close, forward_terms
 
 from lsr_adapt.adapters import adapter_layers

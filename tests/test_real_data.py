@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import compose
+from helpers import compose
 
 from lsr_adapt import LsrAdaptError, assets
 
@@ -78,7 +78,7 @@ def test_demo_sweep_composes_runs_every_method_and_reports(tmp_path):
     """experiment=demo end to end on tiny stand-ins (the real one takes minutes per method)."""
     import json
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     sweep = tmp_path / "demo"
     proc = subprocess.run(

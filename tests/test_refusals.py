@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RUN, assert_one_line_error, cli
+from helpers import SMALL_RUN, assert_one_line_error, cli
 
 
 def _tree(d: Path) -> dict:

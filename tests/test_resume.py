@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL_RUN, assert_one_line_error, cli
+from helpers import ROOT, SMALL_RUN, assert_one_line_error, cli
 
 from lsr_adapt.training.checkpoints import checkpoint_dirs
 

@@ -6,8 +6,7 @@ LoRA with LSR at its budget and under 30% of it. Checked by composing every job 
 from __future__ import annotations
 
 import pytest
-from conftest import compose
-from test_configs import sweeper_params
+from helpers import compose, sweeper_params
 
 from lsr_adapt.budget import lora_size, real_size
 

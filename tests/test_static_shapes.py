@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RUN, assert_one_line_error, cli, run_train
+from helpers import SMALL_RUN, assert_one_line_error, cli, run_train
 from tolerances import EPS32
 from transformers import TrainerCallback
 

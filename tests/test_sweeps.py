@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, compose
+from helpers import ROOT, compose
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 

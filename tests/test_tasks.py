@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose, run_train
+from helpers import compose, run_train
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError
 

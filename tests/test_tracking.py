@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import compose
+from helpers import compose
 
 from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.tracking import REACH_TIMEOUT_S, start_tracking, tracker_name
@@ -143,7 +143,7 @@ def test_report_to_takes_a_list_and_any_integration_transformers_supports():
 
 
 def test_an_integration_whose_package_is_missing_is_one_line_before_anything_loads(tmp_path):
-    from conftest import assert_one_line_error, cli
+    from helpers import assert_one_line_error, cli
     from transformers.integrations.integration_utils import get_available_reporting_integrations
 
     missing = next(n for n in ("neptune", "clearml", "comet_ml", "dvclive") if n not in get_available_reporting_integrations())

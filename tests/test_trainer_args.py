@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT, SMALL_RUN, assert_one_line_error, cli
+from helpers import ROOT, SMALL_RUN, assert_one_line_error, cli
 
 RUN = ["experiment=smoke", "logger=none", *SMALL_RUN]  # 6 optimizer steps an epoch
 ENV = {"PYTHONPATH": str(ROOT / "tests")}

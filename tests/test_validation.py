@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import CONF, ROOT, assert_one_line_error, cli, compose
+from helpers import CONF, ROOT, assert_one_line_error, cli, compose
 
 from lsr_adapt.config_schema import validate_config
 from lsr_adapt.errors import LsrAdaptError
