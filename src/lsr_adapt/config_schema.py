@@ -32,12 +32,16 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .adapters import get_method
+from .budget import LSR_FREE_FIELDS
+from .data import SPLIT_ROLES
 from .errors import LsrAdaptError, bad_value, first_line, show_value
 from .hub import check_hub_id
 from .metrics import check_metric_names
+from .pooling import POOLINGS
 from .tasks import task_type_of
 
-__all__ = ["MANAGED_TRAINER_ARGS", "SCHEMAS", "check_trainer_args", "missing_values", "validate_config"]
+__all__ = ["BOOL_WORDS", "CHECKPOINT_EVERY_CHOICES", "MANAGED_TRAINER_ARGS", "NONFINITE_POLICIES", "PRECISIONS",
+           "SAMPLING", "SCHEMAS", "check_trainer_args", "missing_values", "valid_choices", "validate_config"]
 
 
 # -- field types ----------------------------------------------------------------------------------
@@ -48,9 +52,12 @@ def _no_bool(v):
     return v
 
 
+BOOL_WORDS = ("true", "false")
+
+
 def _bool_or_word(v):
     """``true`` / ``false``, also as the words (training has always accepted them for fsdp)."""
-    if isinstance(v, str) and v.lower() in ("true", "false"):
+    if isinstance(v, str) and v.lower() in BOOL_WORDS:
         return v.lower() == "true"
     return v
 
@@ -67,6 +74,8 @@ def _f(allowed: str, **constraints) -> Any:
     return Field(None, description=allowed, **constraints)
 
 
+# -- the sets of valid choices, declared once: the schema's Literal types and messages below, and the
+# code that acts on a value (training/arguments.py, training/trainer.py), import them from here ------
 # transformers' SchedulerType values, listed here so validation needs no import of transformers'
 # trainer stack (seconds); tests/test_validation.py checks each is one transformers accepts
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -75,11 +84,13 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SAMPLING = ("random", "group_by_length")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
-NONFINITE = ("stop", "skip")
-ROLES = ("train", "validation", "test")
+NONFINITE_POLICIES = ("stop", "skip")  # training.nonfinite_loss: stop the run, or skip the batch
+DTYPES = ("float32", "float16", "bfloat16")  # model.dtype: the torch dtype the base loads in
+CHECKPOINT_EVERY_CHOICES = "valid choices: a positive number of optimizer steps, epoch, or null (no checkpoints)"
 
 
-def _choices(values) -> str:
+def valid_choices(values) -> str:
+    """``valid choices: a, b, c`` (the words every message about a choice ends with)."""
     return "valid choices: " + ", ".join(map(str, values))
 
 
@@ -120,27 +131,27 @@ class TrainingSchema(BaseModel):
     learning_rate: Number = _f("must be a number > 0", gt=0)
     weight_decay: Number = _f("must be a number >= 0", ge=0)
     warmup_ratio: Number = _f("must be a number in [0, 1) (a fraction of the training steps)", ge=0, lt=1)
-    lr_scheduler: Literal[SCHEDULERS] = _f(_choices(SCHEDULERS))  # type: ignore[valid-type]
+    lr_scheduler: Literal[SCHEDULERS] = _f(valid_choices(SCHEDULERS))  # type: ignore[valid-type]
     max_grad_norm: Number = _f("must be a number >= 0 (0: no gradient clipping)", ge=0)
     gradient_accumulation_steps: Integer = _f("must be an integer >= 1", ge=1)
     seed: Integer = _f("must be an integer in [0, 2**32)", ge=0, lt=2**32)
-    precision: Literal[PRECISIONS] = _f(_choices(PRECISIONS))  # type: ignore[valid-type]
+    precision: Literal[PRECISIONS] = _f(valid_choices(PRECISIONS))  # type: ignore[valid-type]
     torch_compile: Bool = _f("must be true or false")
-    torch_compile_mode: Literal[COMPILE_MODES] = _f(_choices(COMPILE_MODES))  # type: ignore[valid-type]
+    torch_compile_mode: Literal[COMPILE_MODES] = _f(valid_choices(COMPILE_MODES))  # type: ignore[valid-type]
     report_to: Text | list[Text] | None = _f("must be a tracker name or a list of them (tensorboard, the logger "
                                              "group's wandb / mlflow, any transformers integration), or none")
     logging_steps: Integer = _f("must be an integer >= 1 (optimizer steps)", ge=1)
     dataloader_num_workers: Integer = _f("must be an integer >= 0", ge=0)
-    sampling: Literal[SAMPLING] = _f(_choices(SAMPLING))  # type: ignore[valid-type]
-    checkpoint_every: Annotated[Any, BeforeValidator(_checkpoint_every)] = _f("valid choices: a positive number of optimizer steps, epoch, or null (no checkpoints)")
+    sampling: Literal[SAMPLING] = _f(valid_choices(SAMPLING))  # type: ignore[valid-type]
+    checkpoint_every: Annotated[Any, BeforeValidator(_checkpoint_every)] = _f(CHECKPOINT_EVERY_CHOICES)
     keep_checkpoints: Annotated[Integer, Field(ge=1)] | None = _f("must be an integer >= 1, or null (keep all)")
     resume: Annotated[Any, BeforeValidator(_resume)] = _f("valid choices: auto, false, or a checkpoint / run dir to continue from")
-    nonfinite_loss: Literal[NONFINITE] = _f(_choices(NONFINITE))  # type: ignore[valid-type]
+    nonfinite_loss: Literal[NONFINITE_POLICIES] = _f(valid_choices(NONFINITE_POLICIES))  # type: ignore[valid-type]
     nonfinite_max_skipped: Number = _f("must be a number in [0, 1] (the share of steps nonfinite_loss=skip "
                                              "may drop before the run counts as diverged)", ge=0, le=1)
     gradient_checkpointing: Bool = _f("must be true or false")
     ddp_find_unused_parameters: Bool = _f("must be true or false")
-    fsdp: Annotated[Bool, BeforeValidator(_bool_or_word)] = _f("valid choices: true, false")
+    fsdp: Annotated[Bool, BeforeValidator(_bool_or_word)] = _f(valid_choices(BOOL_WORDS))
     disable_dropout: Bool = _f("must be true or false")
     callbacks: Annotated[Any, BeforeValidator(_callbacks)] = _f("must be a list of {_target_: package.Class, ...} entries (transformers TrainerCallbacks)")
     args: Mapping[str, Any] | None = _f("must be a mapping of transformers TrainingArguments fields "
@@ -232,7 +243,7 @@ def _encoding(v):
 
 
 def _splits(v):
-    if v is None or isinstance(v, Mapping) and set(v) <= set(ROLES) and all(s is None or isinstance(s, str) for s in v.values()):
+    if v is None or isinstance(v, Mapping) and set(v) <= set(SPLIT_ROLES) and all(s is None or isinstance(s, str) for s in v.values()):
         return v
     raise ValueError("bad splits")
 
@@ -299,8 +310,8 @@ class ModelSchema(BaseModel):
     tiny: Bool = _f("must be true or false")
     asset: Text | None = _f("must be an asset name, or null")
     lr: Annotated[Number, Field(gt=0)] | None = _f("must be a number > 0, or null")
-    dtype: Literal["float32", "float16", "bfloat16"] | None = _f(_choices(["float32", "float16", "bfloat16", "null"]))
-    pooling: Literal["cls", "mean"] | None = _f(_choices(["cls", "mean", "null"]))
+    dtype: Literal[DTYPES] | None = _f(valid_choices([*DTYPES, "null"]))  # type: ignore[valid-type]
+    pooling: Literal[POOLINGS] | None = _f(valid_choices([*POOLINGS, "null"]))  # type: ignore[valid-type]
 
 
 # -- budget and the root ---------------------------------------------------------------------------
@@ -308,7 +319,8 @@ class BudgetSchema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     params: PositiveInt | None = _f("must be an integer >= 1 (adapter parameters), or null")
-    lsr_free: list[Literal["r", "num_terms", "factors"]] = _f("must be a non-empty list of: r, num_terms, factors", min_length=1)
+    lsr_free: list[Literal[LSR_FREE_FIELDS]] = _f(  # type: ignore[valid-type]
+        f"must be a non-empty list of: {', '.join(LSR_FREE_FIELDS)}", min_length=1)
     tolerance: Number = _f("must be a number > 0 (the largest |size - budget| / budget accepted)", gt=0)
     allow_nearest: Bool = _f("must be true or false (true: train the nearest size even beyond budget.tolerance)")
 
@@ -326,7 +338,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {"training": TrainingSchema, "data": DataS
                                        "budget": BudgetSchema}
 
 # messages the tests (and users' scripts) already know, kept word for word
-_MESSAGES = {"training.nonfinite_loss": "unknown training.nonfinite_loss {value}; valid choices: stop, skip"}
+_MESSAGES = {"training.nonfinite_loss": "unknown training.nonfinite_loss {value}; " + valid_choices(NONFINITE_POLICIES)}
 
 
 # -- checking --------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from .metrics import check_metric_names
 
 log = logging.getLogger(__name__)
 
+SPLIT_ROLES = ("train", "validation", "test")  # the roles data.splits maps to a dataset's split names
+
 FILE_FORMATS = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".json": ("json", {}),
                 ".jsonl": ("json", {}), ".parquet": ("parquet", {}),
                 ".txt": ("text", {"sample_by": "document"})}  # one file = one document (language modelling)
@@ -317,7 +319,7 @@ def has_labels(ds, field: str) -> bool:
 def split_roles(raw, splits: dict, need_train: bool = True):
     """(role, split name, dataset) for train / validation / test as configured; a missing validation
     split, or a missing train split when training, is an error naming the splits there are."""
-    for role in ("train", "validation", "test"):
+    for role in SPLIT_ROLES:
         name = splits.get(role)
         if name is None or name not in raw:
             if role == "validation" or (role == "train" and need_train):

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..data import SPLIT_ROLES
 from ..errors import LsrAdaptError
 
 TASK_MODULES = {
@@ -83,7 +84,7 @@ def extra_eval_datasets(task: Task, data_cfg, tokenizer, seed: int) -> dict:
     out = {}
     for i, name in enumerate(data_cfg.get("extra_eval_splits") or []):
         name = str(name)
-        if name in ("train", "validation", "test"):
+        if name in SPLIT_ROLES:
             raise LsrAdaptError(f"data.extra_eval_splits names a role ({name!r}); list dataset split names "
                                 f"other than those in data.splits, e.g. validation_mismatched")
         # generated smoke data: another seed, so the extra split is not a copy of the first train rows

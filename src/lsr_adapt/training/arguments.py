@@ -10,15 +10,13 @@ import torch
 from omegaconf import OmegaConf
 from transformers import TrainingArguments
 
+from ..config_schema import BOOL_WORDS, CHECKPOINT_EVERY_CHOICES, PRECISIONS, SAMPLING, valid_choices
 from ..distributed import world_size
 from ..errors import LsrAdaptError, first_line
 from ..metrics import higher_is_better
 from . import compat
 
 log = logging.getLogger(__name__)
-
-SAMPLING = ("random", "group_by_length")
-
 
 def training_arguments(cfg, out_dir: Path, model, precision: dict, report_to, extra: dict) -> TrainingArguments:
     """The Trainer's arguments for this run; ``extra``: what the task and the method add (e.g. a
@@ -74,8 +72,8 @@ def precision_of(name: str) -> dict:
     cuda = torch.cuda.is_available()
     if name == "auto":
         name = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if name not in ("fp32", "bf16", "fp16"):
-        raise LsrAdaptError(f"unknown training.precision {name!r}; valid choices: auto, fp32, bf16, fp16")
+    if name not in PRECISIONS:  # "auto" is resolved above
+        raise LsrAdaptError(f"unknown training.precision {name!r}; {valid_choices(PRECISIONS)}")
     if name == "fp16" and not cuda:
         raise LsrAdaptError("training.precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
     return {"bf16": name == "bf16", "fp16": name == "fp16", "_name": name}
@@ -98,7 +96,7 @@ def fsdp_args(tcfg, model) -> dict:
     if fsdp in (None, False, "false"):
         return {}
     if fsdp is not True and fsdp != "true":
-        raise LsrAdaptError(f"training.fsdp={fsdp!r}; valid choices: true, false")
+        raise LsrAdaptError(f"training.fsdp={fsdp!r}; {valid_choices(BOOL_WORDS)}")
     if world_size() == 1:
         log.warning("training.fsdp=true in a single process: nothing to shard, training unsharded")
         return {}
@@ -128,7 +126,7 @@ def sampling_args(tcfg) -> dict:
     bit for bit with random sampling)."""
     how = str(tcfg.get("sampling", "random"))
     if how not in SAMPLING:
-        raise LsrAdaptError(f"training.sampling={how!r}; valid choices: {', '.join(SAMPLING)}")
+        raise LsrAdaptError(f"training.sampling={how!r}; {valid_choices(SAMPLING)}")
     return compat.sampling_arg(how)
 
 
@@ -141,8 +139,7 @@ def save_args(tcfg) -> dict:
         return {"save_strategy": "epoch"}
     if isinstance(every, int) and every > 0:
         return {"save_strategy": "steps", "save_steps": every}
-    raise LsrAdaptError(f"training.checkpoint_every={every!r}; valid choices: a positive number of "
-                        f"optimizer steps, epoch, or null (no checkpoints)")
+    raise LsrAdaptError(f"training.checkpoint_every={every!r}; {CHECKPOINT_EVERY_CHOICES}")
 
 
 def user_callbacks(tcfg) -> list:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..config_schema import NONFINITE_POLICIES, valid_choices
 from ..distributed import barrier, full_tensor, local_tensor
 from ..errors import LsrAdaptError
 from ..iofiles import write_json, write_text, writing
@@ -37,8 +38,6 @@ from .checkpoints import BEST, PREFIX, STATE, WEIGHTS, publish_checkpoint
 from .recorder import EpochRecorder
 
 log = logging.getLogger(__name__)
-
-NONFINITE_POLICIES = ("stop", "skip")
 
 
 class NonFiniteLoss(LsrAdaptError):
@@ -69,8 +68,7 @@ class AdapterTrainer(Trainer):
                  nonfinite: str = "stop", skipped_batches=(), param_groups: Callable | None = None,
                  loss_metrics: Callable[[float], dict] | None = None, run_config: str | None = None, **kwargs):
         if nonfinite not in NONFINITE_POLICIES:
-            raise LsrAdaptError(f"unknown training.nonfinite_loss {nonfinite!r}; valid choices: "
-                                f"{', '.join(NONFINITE_POLICIES)}")
+            raise LsrAdaptError(f"unknown training.nonfinite_loss {nonfinite!r}; {valid_choices(NONFINITE_POLICIES)}")
         super().__init__(*args, **kwargs)
         self.add_callback(EpochEndCheckpoint())  # after DefaultFlowCallback, which sets should_save
         compat.numeric_console_logs(self)  # {'loss': 0.7927}, not transformers' {'loss': '0.7927'}
