@@ -296,6 +296,6 @@ def test_group_by_length_sampling_reaches_the_trainer(tmp_path):
     data = Dataset.from_dict({"input_ids": [[1] * n for n in range(1, 65)], "labels": [0] * 64})
     for how, grouped in [("group_by_length", True), ("random", False)]:
         args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True,
-                                 report_to=[], **_sampling_args({"sampling": how}))
+                                 report_to=[], **_sampling_args(how))
         trainer = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=data)
         assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler) == grouped

@@ -239,11 +239,11 @@ def test_fsdp_setting_is_checked(monkeypatch):
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(LsrAdaptError, match="training.fsdp='yes'; valid choices: true, false"):
-        _fsdp_args({"fsdp": "yes"}, torch.nn.Linear(2, 2))
+        _fsdp_args("yes", torch.nn.Linear(2, 2))
     blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()) for _ in range(2)])
     small = torch.nn.ModuleList([torch.nn.Linear(2, 1) for _ in range(2)])  # e.g. an adapter's factors
     model = torch.nn.ModuleDict({"emb": torch.nn.Embedding(4, 8), "blocks": blocks, "small": small})
-    args = _fsdp_args({"fsdp": True}, model)
+    args = _fsdp_args(True, model)
     assert args["fsdp"] is True and args["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["Sequential"]
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert _fsdp_args({"fsdp": True}, model) == {}  # one process: nothing to shard
+    assert _fsdp_args(True, model) == {}  # one process: nothing to shard

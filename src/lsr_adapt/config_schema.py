@@ -33,7 +33,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .adapters import get_method
 from .budget import LSR_FREE_FIELDS
-from .data import SPLIT_ROLES
+from .data import SPLIT_ROLES, synthetic_sizes
 from .errors import LsrAdaptError, bad_value, first_line, show_value
 from .hub import check_hub_id
 from .metrics import check_metric_names
@@ -437,6 +437,8 @@ def _check_model(model: Mapping) -> None:
 def _check_data(data_cfg: DictConfig, data: Mapping) -> None:
     _check(DataSchema, data, "data")
     task = task_type_of(data_cfg)  # data.task_type and its num_labels
+    if data.get("synthetic"):
+        synthetic_sizes(data)  # generated data: how many rows per split, stated by the data config
     if task != "gw" and data.get("path") is not None and not (data.get("synthetic") or data.get("asset")
                                                               or data.get("data_files")):
         check_hub_id(data["path"], "data.path", "dataset")  # load_dataset(path): 'glue' fails inside datasets

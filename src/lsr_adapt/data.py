@@ -105,6 +105,17 @@ def file_problem(path: str, encoding: str = "utf-8") -> str | None:
     return None
 
 
+def synthetic_sizes(data_cfg) -> dict:
+    """``data.synthetic_sizes``: rows (classification) or documents (language modelling) per split
+    role of a generated sample. The data configs state it (``conf/data/base/text_classification.yaml``,
+    ``wikitext2.yaml``, ``gw_synthetic.yaml``, ``experiment=smoke``); there is no default in code."""
+    sizes = _get(data_cfg, "synthetic_sizes")
+    if not sizes:
+        raise LsrAdaptError("data.synthetic=true needs data.synthetic_sizes (rows per split), e.g. "
+                            "data.synthetic_sizes='{train: 512, validation: 64, test: 64}'")
+    return dict(sizes)
+
+
 def load_raw(data_cfg):
     """A ``DatasetDict`` with the configured splits, from wherever the data config points."""
     from datasets import load_dataset, load_from_disk
@@ -113,7 +124,7 @@ def load_raw(data_cfg):
     if _get(data_cfg, "synthetic"):
         from .smoke import synthetic_files
 
-        sizes = dict(_get(data_cfg, "synthetic_sizes") or {"train": 256, "validation": 64, "test": 64})
+        sizes = synthetic_sizes(data_cfg)
         files = synthetic_files(list(data_cfg.text_fields), data_cfg.label_field, int(data_cfg.num_labels),
                                 {splits[k]: v for k, v in sizes.items() if splits.get(k)}, seed=int(_get(data_cfg, "seed", 0)),
                                 label_values=list(_get(data_cfg, "label_names") or []) or None)

@@ -38,8 +38,6 @@ from . import Task
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYNTHETIC_SIZES = {"train": 512, "validation": 64, "test": 64}
-
 
 # -- model -------------------------------------------------------------------------------------------
 def _source(name_or_path: str) -> tuple[str, dict]:
@@ -137,11 +135,11 @@ def synthetic_text_files(sizes: dict[str, int], seed: int = 0) -> dict[str, str]
 
 
 def _raw(data_cfg):
-    from ..data import _load_files, load_raw, validation_from_train
+    from ..data import _load_files, load_raw, synthetic_sizes, validation_from_train
 
     splits = dict(data_cfg.get("splits") or {"train": "train", "validation": "validation", "test": "test"})
     if data_cfg.get("synthetic"):
-        sizes = dict(data_cfg.get("synthetic_sizes") or DEFAULT_SYNTHETIC_SIZES)
+        sizes = synthetic_sizes(data_cfg)
         files = synthetic_text_files({splits[k]: v for k, v in sizes.items() if splits.get(k)},
                                      seed=int(data_cfg.get("seed") or 0))
         return _load_files(files), splits

@@ -155,7 +155,9 @@ def _raw(data_cfg) -> tuple[dict, dict]:
     """{split name: Dataset} in the reference layout, and the role → split name mapping."""
     splits = dict(data_cfg.get("splits") or {"train": "train", "validation": "validation", "test": "test"})
     if data_cfg.get("synthetic"):
-        sizes = dict(data_cfg.get("synthetic_sizes") or {"train": 256, "validation": 64, "test": 64})
+        from ..data import synthetic_sizes
+
+        sizes = synthetic_sizes(data_cfg)
         return {splits[r]: _synthetic_split(data_cfg, splits[r], int(n)) for r, n in sizes.items() if splits.get(r)}, splits
     from pathlib import Path
 

@@ -30,39 +30,39 @@ def training_arguments(cfg, out_dir: Path, model, precision: dict, report_to, ex
         output_dir=str(out_dir),
         num_train_epochs=float(tcfg.num_train_epochs),
         per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=int(tcfg.get("eval_batch_size") or tcfg.batch_size),
+        per_device_eval_batch_size=int(tcfg.eval_batch_size or tcfg.batch_size),  # null: batch_size
         gradient_accumulation_steps=accumulation,
         learning_rate=float(tcfg.learning_rate),
         weight_decay=float(tcfg.weight_decay),
         **compat.warmup_arg(tcfg.warmup_ratio),
         lr_scheduler_type=str(tcfg.lr_scheduler),
-        max_grad_norm=float(tcfg.get("max_grad_norm", 1.0)),
+        max_grad_norm=float(tcfg.max_grad_norm),
         eval_strategy="epoch",
-        **save_args(tcfg),
+        **save_args(tcfg.checkpoint_every),
         logging_strategy="steps",
-        logging_steps=int(tcfg.get("logging_steps", 50)),
+        logging_steps=int(tcfg.logging_steps),
         report_to=report_to,
         seed=seed,
         data_seed=seed,
         bf16=precision["bf16"],
         fp16=precision["fp16"],
-        torch_compile=bool(tcfg.get("torch_compile", False)),
+        torch_compile=bool(tcfg.torch_compile),
         # reduce-overhead: CUDA graphs (the step's launches replayed as one), docs/benchmarks.md
-        torch_compile_mode=str(tcfg.get("torch_compile_mode") or "default") if tcfg.get("torch_compile") else None,
-        dataloader_num_workers=int(tcfg.get("dataloader_num_workers", 0)),
-        **sampling_args(tcfg),
-        **fsdp_args(tcfg, model),
+        torch_compile_mode=str(tcfg.torch_compile_mode) if tcfg.torch_compile else None,
+        dataloader_num_workers=int(tcfg.dataloader_num_workers),
+        **sampling_args(tcfg.sampling),
+        **fsdp_args(tcfg.fsdp, model),
         disable_tqdm=not sys.stderr.isatty(),
         use_cpu=not torch.cuda.is_available(),
         # every adapter uses all its trainable weights in every step (DyLoRA masks rows instead of
         # slicing them), so DDP need not search the graph for unused ones
-        ddp_find_unused_parameters=bool(tcfg.get("ddp_find_unused_parameters", False)),
-        **compat.checkpointing_args(bool(tcfg.get("gradient_checkpointing", False))),
+        ddp_find_unused_parameters=bool(tcfg.ddp_find_unused_parameters),
+        **compat.checkpointing_args(bool(tcfg.gradient_checkpointing)),
         # the metric that picks the best epoch, for what reads the Trainer's own (EarlyStoppingCallback)
         metric_for_best_model=metric,
         greater_is_better=higher_is_better(metric),
     )
-    user = OmegaConf.to_container(tcfg.args, resolve=True) if tcfg.get("args") else {}
+    user = OmegaConf.to_container(tcfg.args, resolve=True) if tcfg.args else {}
     if "metric_for_best_model" in user and "greater_is_better" not in user:
         user["greater_is_better"] = higher_is_better(str(user["metric_for_best_model"]).removeprefix("eval_"))
     return TrainingArguments(**{**own, **extra, **user})
@@ -82,17 +82,16 @@ def precision_of(name: str) -> dict:
 def per_device_batch(tcfg) -> tuple[int, int]:
     """(per-device batch, accumulation steps) that keep ``training.batch_size`` the global batch
     whatever the number of processes: batch_size = per_device × processes × accumulation."""
-    total, accumulation, procs = int(tcfg.batch_size), int(tcfg.get("gradient_accumulation_steps", 1)), world_size()
+    total, accumulation, procs = int(tcfg.batch_size), int(tcfg.gradient_accumulation_steps), world_size()
     if accumulation < 1 or total % (procs * accumulation):
         raise LsrAdaptError(f"training.batch_size={total} is not divisible by {procs} process(es) × "
                             f"training.gradient_accumulation_steps={accumulation}")
     return total // (procs * accumulation), accumulation
 
 
-def fsdp_args(tcfg, model) -> dict:
+def fsdp_args(fsdp, model) -> dict:
     """``training.fsdp=true``: the Trainer's FSDP2 (accelerate), fully sharded, one unit per
     transformer layer. Only a multi-process launch shards."""
-    fsdp = tcfg.get("fsdp", False)
     if fsdp in (None, False, "false"):
         return {}
     if fsdp is not True and fsdp != "true":
@@ -120,19 +119,18 @@ def check_fsdp(args, trainer) -> None:
                             f"{device} processes (it shards on GPUs only); use training.fsdp=false (DDP)")
 
 
-def sampling_args(tcfg) -> dict:
+def sampling_args(how: str) -> dict:
     """``training.sampling``: random batches, or batches of similar length (LengthGroupedSampler: still
     shuffled, far less padding with dynamic padding; the order differs, so results are not comparable
     bit for bit with random sampling)."""
-    how = str(tcfg.get("sampling", "random"))
+    how = str(how)
     if how not in SAMPLING:
         raise LsrAdaptError(f"training.sampling={how!r}; {valid_choices(SAMPLING)}")
     return compat.sampling_arg(how)
 
 
-def save_args(tcfg) -> dict:
+def save_args(every) -> dict:
     """``training.checkpoint_every``: an optimizer-step count, ``epoch``, or null (no checkpoints)."""
-    every = tcfg.get("checkpoint_every", "epoch")
     if every in (None, 0, False, "none", "null"):
         return {"save_strategy": "no"}
     if str(every) == "epoch":
@@ -142,13 +140,13 @@ def save_args(tcfg) -> dict:
     raise LsrAdaptError(f"training.checkpoint_every={every!r}; {CHECKPOINT_EVERY_CHOICES}")
 
 
-def user_callbacks(tcfg) -> list:
+def user_callbacks(specs) -> list:
     """``training.callbacks``: TrainerCallback objects from ``{_target_: ...}`` entries (hydra.utils.instantiate)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     out = []
-    for i, spec in enumerate(tcfg.get("callbacks") or []):
+    for i, spec in enumerate(specs or []):
         try:
             out.append(instantiate(spec))
         except InstantiationException as e:

@@ -163,7 +163,7 @@ def load_recorder_state(recorder, ckpt) -> list[int]:
 def resume_checkpoint(cfg, out_dir: Path) -> Path | None:
     """The checkpoint this run continues from. ``training.resume``: ``auto`` (this run dir's newest
     intact checkpoint, if any), a checkpoint dir, an earlier run dir (its newest intact one), or false."""
-    resume = cfg.training.get("resume", "auto")
+    resume = cfg.training.resume
     existing = checkpoint_dirs(out_dir)
     if resume in (False, None, "false"):
         if existing:

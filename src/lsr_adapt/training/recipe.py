@@ -74,7 +74,7 @@ def validate(cfg: DictConfig) -> None:
     """Every value checked before any model or data loads: nothing left ``???``, types, ranges,
     choices (``config_schema``); the precision this machine can run; the trackers; libraries new enough."""
     validate_config(cfg)
-    precision_of(str(cfg.training.get("precision", "auto")))  # fp16 needs CUDA
+    precision_of(str(cfg.training.precision))  # fp16 needs CUDA
     tracker_names(cfg)  # each tracker known and installed
     compat.check_versions()
 
@@ -110,21 +110,21 @@ def build_model(cfg: DictConfig, task: Task) -> BuiltModel:
     method_values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
     name_or_path = model_path_of(mcfg)
     loaded = task.load(name_or_path, cfg.data, mcfg)
-    target_modules = mcfg.get("target_modules")
+    target_modules = mcfg.target_modules
     if target_modules is not None and not isinstance(target_modules, str):
         target_modules = list(target_modules)
-    if OmegaConf.select(cfg, "budget.params") is not None:  # equal-budget runs: size fields from budget.params
+    if cfg.budget.params is not None:  # equal-budget runs: size fields from budget.params
         method_values = apply_budget(loaded, adaptation_type, method_values, target_modules, cfg.budget)
     prepared = prepare_model(loaded, adaptation_type, method_values, target_modules)
     counts = dict(prepared.counts)  # updated below by freeze_adapter; results.json records it as it ends
     built = BuiltModel(loaded, adaptation_type, method, method_values, name_or_path, counts, prepared.head_names)
-    if cfg.get("init_from"):  # continue from a saved adapter (+ head when the label count matches)
+    if cfg.init_from:  # continue from a saved adapter (+ head when the label count matches)
         built.init_info = init_from_run(built.model, cfg.init_from, adaptation_type, loaded.method_config,
-                                        int(cfg.data.num_labels), check_checksum=bool(cfg.get("init_from_checksum", True)))
-    if cfg.get("freeze_adapter"):  # e.g. stage 2 of "LoRA, then head only"
+                                        int(cfg.data.num_labels), check_checksum=bool(cfg.init_from_checksum))
+    if cfg.freeze_adapter:  # e.g. stage 2 of "LoRA, then head only"
         freeze_adapter(built.model)
         counts.update(parameter_counts(built.model, built.head_names))
-    if cfg.training.get("disable_dropout"):  # e.g. to compare runs across process counts exactly
+    if cfg.training.disable_dropout:  # e.g. to compare runs across process counts exactly
         for module in built.model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
@@ -166,7 +166,7 @@ def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, 
     recorder = EpochRecorder(model, metric, higher_is_better(metric))
     # logger group: opens the tracker run (closed after results.json); rank 0 alone reports
     tracking = start_tracking(cfg, out_dir) if is_main_process() else Tracking("none", [])
-    precision = precision_of(str(tcfg.get("precision", "auto")))
+    precision = precision_of(str(tcfg.precision))
     extra_args = {**task.training_args(dcfg), **(method.training_args(method_cfg) if method.training_args else {})}
     args = training_arguments(cfg, out_dir, model, precision, tracking.report_to, extra_args)
     skipped = []
@@ -180,9 +180,9 @@ def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, 
     trainer = AdapterTrainer(
         model=model, args=args, train_dataset=splits.get("train"), eval_dataset=splits["validation"],
         data_collator=task.collator(built.tokenizer, dcfg), processing_class=built.tokenizer,
-        compute_metrics=task.compute_metrics(metric_names, dcfg), callbacks=[recorder, *user_callbacks(tcfg), *pruning_callbacks(metric)],
+        compute_metrics=task.compute_metrics(metric_names, dcfg), callbacks=[recorder, *user_callbacks(tcfg.callbacks), *pruning_callbacks(metric)],
         recorder=recorder, trainable_names=[n for n, p in model.named_parameters() if p.requires_grad],
-        keep_checkpoints=tcfg.get("keep_checkpoints"), nonfinite=str(tcfg.get("nonfinite_loss", "stop")),
+        keep_checkpoints=tcfg.keep_checkpoints, nonfinite=str(tcfg.nonfinite_loss),
         skipped_batches=skipped, param_groups=param_groups, loss_metrics=task.loss_metrics,
         run_config=record,  # each checkpoint keeps it: what a resume must match
     )
@@ -223,7 +223,7 @@ def fit(cfg: DictConfig, run: TrainerRun, resume_from: Path | None) -> None:
         trainer.check_losses()
     run.train_runtime = time.perf_counter() - t0
     steps, skipped = trainer.state.global_step, len(trainer.skipped_batches)
-    limit = float(cfg.training.get("nonfinite_max_skipped", 0.05))
+    limit = float(cfg.training.nonfinite_max_skipped)
     if steps and skipped / steps > limit:
         raise LsrAdaptError(f"{skipped} of {steps} training steps had a non-finite loss and were skipped, more than "
                             f"training.nonfinite_max_skipped={limit}: the run diverged; lower training.learning_rate")

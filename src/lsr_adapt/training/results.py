@@ -41,11 +41,11 @@ def adapter_meta(cfg: DictConfig, built, task_name: str, init_info) -> dict:
         "trained_head": built.head_names,
         "base_model": str(mcfg.name_or_path),
         "loaded_from": built.name_or_path,
-        "num_labels": int(dcfg.get("num_labels") or 0),  # 0: no task head (causal LM)
+        "num_labels": int(dcfg.num_labels),  # 0: no task head (causal LM)
         "task": str(dcfg.name),
         "task_type": task_name,
-        "label_names": list(dcfg.label_names) if dcfg.get("label_names") else None,
-        "text_fields": list(dcfg.get("text_fields") or []),
+        "label_names": list(dcfg.label_names) if dcfg.label_names else None,
+        "text_fields": list(dcfg.text_fields),
         "pooling": getattr(built.model.config, POOLING_ATTR, None),  # what the head reads (classifiers)
         "init_from": init_info,
     }
@@ -75,14 +75,14 @@ def results_record(cfg: DictConfig, built, task_name: str, outcome: dict, precis
     extra = outcome["extra"]
     return {
         "adaptation_type": built.adaptation_type,
-        "model_name": str(mcfg.name_or_path) + (" (tiny random-init)" if mcfg.get("tiny") else ""),
+        "model_name": str(mcfg.name_or_path) + (" (tiny random-init)" if mcfg.tiny else ""),
         "task": str(dcfg.name),
         "task_type": task_name,
         **built.counts,
         "method_config": built.method_values,
         "pooling": getattr(built.model.config, POOLING_ATTR, None),  # what a classification head reads
         "init_from": built.init_info,
-        "freeze_adapter": bool(cfg.get("freeze_adapter", False)),
+        "freeze_adapter": bool(cfg.freeze_adapter),
         "learning_rate": float(tcfg.learning_rate),
         "warmup_ratio": float(tcfg.warmup_ratio),
         "batch_size": int(tcfg.batch_size),
