@@ -13,7 +13,7 @@ from helpers import ROOT, compose
 
 AREAS = {  # docs/<area>: runs committed under runs/ (or directly), and how many
     "frontier": 70, "stability/search": 55, "stability/test": 15, "drug_reviews_3class": 10, "head_pooling": 10,
-    "smollm2_drug_reviews": 12, "demo/full_lr": 3, "demo": 7,
+    "smollm2_drug_reviews": 12, "demo/full_lr": 3, "demo": 7, "lm_frontier": 28,
 }
 
 
