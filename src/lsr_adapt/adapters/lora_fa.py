@@ -5,7 +5,7 @@
 The point is activation memory. Autograd saves, per matmul, only the inputs its needed gradients
 read: with A trainable (LoRA) the layer keeps its input x (N × in) for ∂L/∂A = (∂L/∂(Ax))ᵀ·x; with A
 frozen it keeps only the r-dim projection A·x (N × r) for ∂L/∂B, and the frozen W₀ and A themselves
-for ∂L/∂x. ``tests/test_family.py`` checks this with ``torch.autograd.graph.saved_tensors_hooks``;
+for ∂L/∂x. ``tests/test_lora_fa.py`` checks this with ``torch.autograd.graph.saved_tensors_hooks``;
 ``benchmarks/step_time.py`` shows it in peak memory. (Dropout > 0 would save its mask, N × in
 bytes, and give part of the saving back; the default is no dropout.)
 
