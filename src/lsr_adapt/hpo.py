@@ -29,6 +29,7 @@ plugin), which calls :func:`run_study`:
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from .errors import LsrAdaptError, first_line
@@ -268,8 +269,6 @@ def _tell(study, trial, handle, ret) -> None:
 def grid_points_left(study, dists: dict) -> int:
     """Grid points no finished trial of the study has run yet (a failed one counts as run, as for
     Optuna's GridSampler); the grid is every combination of the searched ``choice(...)`` values."""
-    import math
-
     size = math.prod(len(d.choices) for d in dists.values())
     done = {tuple(sorted((k, str(v)) for k, v in t.params.items())) for t in study.trials
             if t.state.is_finished() and set(t.params) == set(dists)}

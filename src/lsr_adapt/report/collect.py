@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LsrAdaptError
-from ..sweep_status import FAILED, read_failure
+from ..outpaths import FAILED, HYDRA_RECORD, RESULTS
+from ..sweep_status import read_failure
 
-RESULTS = "results.json"
 # keys of results.json that make a configuration (everything but the seed and the measurements)
 CONFIG_FIELDS = ("task", "task_type", "metric_name", "model_name", "adaptation_type", "method_config", "pooling",
                  "init_from", "freeze_adapter", "learning_rate", "warmup_ratio", "batch_size", "num_train_epochs",
@@ -83,7 +83,7 @@ def collect(dirs: list[Path]) -> tuple[list[tuple[Path, dict]], list[Problem]]:
         if not d.is_dir():
             raise LsrAdaptError(f"{d} is not a directory: give sweep or run directories (multirun/..., outputs/...)")
         result_files = sorted(d.rglob(RESULTS))
-        job_dirs = sorted({p.parent for p in d.rglob(".hydra") if p.is_dir()} | {p.parent for p in d.rglob(FAILED)})
+        job_dirs = sorted({p.parent for p in d.rglob(HYDRA_RECORD) if p.is_dir()} | {p.parent for p in d.rglob(FAILED)})
         found_any = found_any or bool(result_files or job_dirs)
         for f in result_files:
             if f.resolve() in seen:
