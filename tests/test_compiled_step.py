@@ -171,7 +171,7 @@ def test_torch_compile_mode_reaches_training_arguments(tmp_path):
                                 (("training.torch_compile=true", "training.torch_compile_mode=reduce-overhead"),
                                  (True, "reduce-overhead"))]:
         cfg = compose("experiment=smoke", "training.report_to=none", *overrides)
-        args = training_arguments(cfg, tmp_path, model, precision_of("fp32"), "none", {})
+        args = training_arguments(cfg.training, cfg.data.metric, tmp_path, model, precision_of("fp32"), "none", {})
         assert (args.torch_compile, args.torch_compile_mode) == expected, overrides
 
 

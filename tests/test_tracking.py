@@ -9,6 +9,7 @@ import time
 
 import pytest
 from helpers import compose
+from omegaconf import OmegaConf
 
 from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.tracking import REACH_TIMEOUT_S, start_tracking, tracker_name
@@ -24,6 +25,18 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+def tracking(*overrides) -> tuple:
+    """What the tracker functions read of a composed config: the logger section, training.report_to."""
+    cfg = compose(*overrides)
+    return cfg.get("logger"), OmegaConf.select(cfg, "training.report_to", default=None)
+
+
+def start(out_dir, *overrides):
+    """``start_tracking`` for a composed config: its sections, and the resolved config it logs."""
+    cfg = compose(*overrides)
+    return start_tracking(*tracking(*overrides), out_dir, OmegaConf.to_container(cfg, resolve=True))
+
+
 def train_with(tmp_path, name, *overrides):
     from lsr_adapt.training import train
 
@@ -31,26 +44,26 @@ def train_with(tmp_path, name, *overrides):
 
 
 def test_tracker_selection():
-    assert tracker_name(compose("experiment=smoke")) == "tensorboard"  # the default, local files
-    assert tracker_name(compose("logger=mlflow")) == "mlflow"
-    assert tracker_name(compose("logger=none")) == "none"
-    assert tracker_name(compose("logger=wandb", "training.report_to=none")) == "none"  # the old switch still works
-    assert tracker_name(compose("logger=wandb", "training.report_to=tensorboard")) == "tensorboard"
+    assert tracker_name(*tracking("experiment=smoke")) == "tensorboard"  # the default, local files
+    assert tracker_name(*tracking("logger=mlflow")) == "mlflow"
+    assert tracker_name(*tracking("logger=none")) == "none"
+    assert tracker_name(*tracking("logger=wandb", "training.report_to=none")) == "none"  # the old switch still works
+    assert tracker_name(*tracking("logger=wandb", "training.report_to=tensorboard")) == "tensorboard"
     with pytest.raises(LsrAdaptError, match="use logger=wandb"):
-        tracker_name(compose("training.report_to=wandb"))
+        tracker_name(*tracking("training.report_to=wandb"))
     with pytest.raises(LsrAdaptError, match="valid choices: mlflow, none, tensorboard, wandb"):
-        tracker_name(compose("logger.name=comet"))
+        tracker_name(*tracking("logger.name=comet"))
 
 
 def test_no_tracker_needs_no_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    assert start_tracking(compose("logger=none"), tmp_path).report_to == []
-    assert start_tracking(compose("logger=tensorboard"), tmp_path).report_to == ["tensorboard"]
+    assert start(tmp_path, "logger=none").report_to == []
+    assert start(tmp_path, "logger=tensorboard").report_to == ["tensorboard"]
     with pytest.raises(LsrAdaptError, match=r"pip install 'lsr-adapt\[track\]'"):
-        start_tracking(compose("logger=wandb"), tmp_path)
+        start(tmp_path, "logger=wandb")
     with pytest.raises(LsrAdaptError, match=r"logger=mlflow needs the mlflow package"):
-        start_tracking(compose("logger=mlflow"), tmp_path)
+        start(tmp_path, "logger=mlflow")
 
 
 def test_unreachable_servers_fail_fast(tmp_path, monkeypatch):
@@ -59,13 +72,12 @@ def test_unreachable_servers_fail_fast(tmp_path, monkeypatch):
     port = closed_port()
     t0 = time.perf_counter()
     with pytest.raises(LsrAdaptError, match=rf"MLflow tracking server http://127.0.0.1:{port} is unreachable"):
-        start_tracking(compose("logger=mlflow", f"logger.tracking_uri=http://127.0.0.1:{port}"), tmp_path)
+        start(tmp_path, "logger=mlflow", f"logger.tracking_uri=http://127.0.0.1:{port}")
     with pytest.raises(LsrAdaptError, match="wandb server .* is unreachable.*logger.mode=offline"):
-        start_tracking(compose("logger=wandb", "logger.mode=online", f"logger.base_url=http://127.0.0.1:{port}"),
-                       tmp_path)
+        start(tmp_path, "logger=wandb", "logger.mode=online", f"logger.base_url=http://127.0.0.1:{port}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")  # honoured when tracking_uri is null
     with pytest.raises(LsrAdaptError, match="is unreachable"):
-        start_tracking(compose("logger=mlflow"), tmp_path)
+        start(tmp_path, "logger=mlflow")
     assert time.perf_counter() - t0 < 3 * REACH_TIMEOUT_S + 5
 
 
@@ -130,16 +142,16 @@ def test_wandb_offline_run(tmp_path):
 def test_report_to_takes_a_list_and_any_integration_transformers_supports():
     from lsr_adapt.tracking import tracker_names
 
-    assert tracker_names(compose("experiment=smoke", "training.report_to=[tensorboard]")) == ["tensorboard"]
-    assert tracker_names(compose("logger=mlflow", "training.report_to=[mlflow,tensorboard]")) == ["mlflow", "tensorboard"]
-    assert tracker_name(compose("logger=mlflow", "training.report_to=[tensorboard,mlflow]")) == "mlflow"  # its run is opened
-    assert tracker_names(compose("logger=wandb", "training.report_to=[]")) == []
+    assert tracker_names(*tracking("experiment=smoke", "training.report_to=[tensorboard]")) == ["tensorboard"]
+    assert tracker_names(*tracking("logger=mlflow", "training.report_to=[mlflow,tensorboard]")) == ["mlflow", "tensorboard"]
+    assert tracker_name(*tracking("logger=mlflow", "training.report_to=[tensorboard,mlflow]")) == "mlflow"  # its run is opened
+    assert tracker_names(*tracking("logger=wandb", "training.report_to=[]")) == []
     with pytest.raises(LsrAdaptError, match="use logger=wandb"):
-        tracker_names(compose("training.report_to=[tensorboard,wandb]"))
+        tracker_names(*tracking("training.report_to=[tensorboard,wandb]"))
     with pytest.raises(LsrAdaptError, match="comet_ml, dagshub"):  # transformers' own list of integrations
-        tracker_names(compose("training.report_to=[tensorboard,comet]"))
+        tracker_names(*tracking("training.report_to=[tensorboard,comet]"))
     with pytest.raises(LsrAdaptError, match="none goes alone"):
-        tracker_names(compose("training.report_to=[none,tensorboard]"))
+        tracker_names(*tracking("training.report_to=[none,tensorboard]"))
 
 
 def test_an_integration_whose_package_is_missing_is_one_line_before_anything_loads(tmp_path):

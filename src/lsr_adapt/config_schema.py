@@ -20,12 +20,20 @@ Sections:
 
 What needs the model or the data (target modules that match no layer, LSR factors that do not divide
 a layer's dimensions, label values) is checked where they load.
+
+It returns what it checked, one section per phase of a run (:class:`RunConfig`): ``model``, ``data``,
+``training``, ``budget``, ``logger`` (read-only nodes of a copy of the config: the values, and any
+interpolation between sections, as composed) and ``run`` (the root's ``output_dir`` / ``init_from`` /
+``init_from_checksum`` / ``freeze_adapter``). ``train`` hands each phase its own sections, never the
+whole config.
 """
 
 from __future__ import annotations
 
 import codecs
+import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,7 +49,8 @@ from .pooling import POOLINGS
 from .tasks import task_type_of
 
 __all__ = ["BOOL_WORDS", "CHECKPOINT_EVERY_CHOICES", "MANAGED_TRAINER_ARGS", "NONFINITE_POLICIES", "PRECISIONS",
-           "SAMPLING", "SCHEMAS", "check_trainer_args", "missing_values", "valid_choices", "validate_config"]
+           "SAMPLING", "SCHEMAS", "RunConfig", "RunSection", "check_trainer_args", "missing_values", "valid_choices",
+           "validate_config"]
 
 
 # -- field types ----------------------------------------------------------------------------------
@@ -388,8 +397,45 @@ def _resolved(cfg: DictConfig) -> dict:
             from None
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Check the whole composed config (types, ranges, choices) before anything loads.
+# -- what was validated, one section per phase -----------------------------------------------------
+@dataclass(frozen=True)
+class RunSection:
+    """The root's run-level keys (``RootSchema``), as validated: where the run writes, the adapter it
+    starts from, and whether that adapter trains."""
+
+    output_dir: str | None
+    init_from: str | None
+    init_from_checksum: bool | None
+    freeze_adapter: bool | None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``validate_config``'s answer: the composed config's sections, each what one phase of ``train``
+    reads. ``model`` / ``data`` / ``training`` / ``budget`` / ``logger`` are read-only nodes of a copy of
+    the config (their values, interpolations included, exactly as composed; the caller's config is
+    left as it was); ``budget`` and ``logger`` are None where the config has none."""
+
+    run: RunSection
+    model: DictConfig
+    data: DictConfig
+    training: DictConfig
+    budget: DictConfig | None
+    logger: DictConfig | None
+
+
+def _sections(cfg: DictConfig, values: Mapping) -> RunConfig:
+    view = copy.deepcopy(cfg)  # read-only, so no phase can change what another reads
+    OmegaConf.set_readonly(view, True)
+    run = RunSection(output_dir=values.get("output_dir"), init_from=values.get("init_from"),
+                     init_from_checksum=values.get("init_from_checksum"), freeze_adapter=values.get("freeze_adapter"))
+    return RunConfig(run=run, model=view.model, data=view.data, training=view.training,
+                     budget=view.get("budget"), logger=view.get("logger"))
+
+
+def validate_config(cfg: DictConfig) -> RunConfig:
+    """Check the whole composed config (types, ranges, choices) before anything loads; returns its
+    sections (:class:`RunConfig`), what the phases of a run read.
 
     Raises ``LsrAdaptError`` with one line naming the key, the bad value and what is allowed.
     """
@@ -413,6 +459,7 @@ def validate_config(cfg: DictConfig) -> None:
         if not isinstance(values["budget"], Mapping):
             raise LsrAdaptError(f"budget={show_value(values['budget'])}: must be a mapping (budget.params, budget.lsr_free)")
         _check(BudgetSchema, values["budget"], "budget")
+    return _sections(cfg, values)
 
 
 def _check_model(model: Mapping) -> None:

@@ -127,14 +127,16 @@ def _check_run(task: DictConfig, out_dir: Path) -> None:
     """What ``train`` would refuse, asked before anything is written (see ``RefuseBeforeWriting``)."""
     import os
 
+    from omegaconf import OmegaConf
+
     from .config_schema import validate_config
     from .errors import LsrAdaptError, RunDirRefused
     from .tracking import tracker_names
     from .training.checkpoints import checkpoint_dirs, resume_checkpoint
     from .training.rundir import refusal
 
-    validate_config(task)
-    tracker_names(task)  # every tracker named is known and installed
+    sections = validate_config(task)
+    tracker_names(sections.logger, sections.training.get("report_to"))  # every tracker named is known and installed
     why = refusal(out_dir)
     if why:
         raise RunDirRefused(why)
@@ -142,4 +144,4 @@ def _check_run(task: DictConfig, out_dir: Path) -> None:
         raise LsrAdaptError(f"cannot write the run dir {out_dir} (read-only, or not yours); choose "
                             f"another hydra.run.dir / output_dir")
     if checkpoint_dirs(out_dir):  # an interrupted run: only its own config may continue it
-        resume_checkpoint(task, out_dir)
+        resume_checkpoint(sections.training.resume, out_dir, OmegaConf.to_container(task, resolve=True))

@@ -16,6 +16,9 @@ Defaults: TensorBoard event files under ``<run dir>/runs/``; wandb offline under
 ``<run dir>/wandb/``; MLflow in a SQLite store shared by the jobs of a sweep,
 ``<sweep dir>/mlflow.db`` (``<run dir>/mlflow.db`` for a single run), artifacts beside it, unless
 ``logger.tracking_uri`` or ``$MLFLOW_TRACKING_URI`` names another store or a server.
+
+It reads two things of the config: the ``logger`` section and ``training.report_to``; a tracker run
+also logs the run's config record (the resolved config, ``start_tracking``'s ``record``) as it is.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 import os
 import socket
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,17 +64,16 @@ class Tracking:
             log.warning("closing the %s run failed: %s", self.name, e)
 
 
-def tracker_names(cfg: DictConfig) -> list[str]:
-    """The trackers a run reports to: ``training.report_to`` (a name or a list; by default the logger
-    group's ``logger.name``; ``none`` or ``[]``: nothing). wandb and mlflow take their settings from
+def tracker_names(logger: DictConfig | None, report_to) -> list[str]:
+    """The trackers a run reports to: ``report_to`` (``training.report_to``: a name or a list; null: the
+    ``logger`` section's ``logger.name``; ``none`` or ``[]``: nothing). wandb and mlflow take their settings from
     the logger group, so either one must be the group's; any other integration transformers supports
     (comet_ml, clearml, neptune, dvclive, trackio, ...) is passed to the Trainer as it is, configured
     by its own environment variables."""
-    logger = cfg.get("logger")
     configured = str(logger.name) if logger is not None else "none"
     if configured not in TRACKERS:
         raise choices_error("tracker (logger / training.report_to)", configured, TRACKERS)
-    value = OmegaConf.select(cfg, "training.report_to", default=None)
+    value = report_to
     if value is None:
         value = configured
     names = [str(v) for v in value] if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [str(value)]
@@ -103,24 +105,26 @@ def _check_integration(name: str) -> None:
                             f"integration needs it); install it, or remove {name} from training.report_to")
 
 
-def tracker_name(cfg: DictConfig) -> str:
+def tracker_name(logger: DictConfig | None, report_to) -> str:
     """The tracker whose run lsr-adapt opens and closes: the logger group's, if the run reports to it
     (else the first tracker named, or ``none``)."""
-    names = tracker_names(cfg)
-    configured = str(cfg.logger.name) if cfg.get("logger") is not None else "none"
+    names = tracker_names(logger, report_to)
+    configured = str(logger.name) if logger is not None else "none"
     return configured if configured in names else (names[0] if names else "none")
 
 
-def start_tracking(cfg: DictConfig, out_dir: Path) -> Tracking:
+def start_tracking(logger: DictConfig | None, report_to, out_dir: Path, record: Mapping) -> Tracking:
     """Open the run of the trackers configured for the job writing into ``out_dir``: the Trainer
-    reports to every tracker named; the wandb or mlflow run (the logger group's) is opened here."""
-    names = tracker_names(cfg)
-    name = tracker_name(cfg)
-    options = cfg.get("logger") if cfg.get("logger") is not None and cfg.logger.name == name else {}
+    reports to every tracker named; the wandb or mlflow run (the logger group's) is opened here.
+    ``record``: the job's resolved config (``OmegaConf.to_container(cfg, resolve=True)``), logged with
+    the run as it is."""
+    names = tracker_names(logger, report_to)
+    name = tracker_name(logger, report_to)
+    options = logger if logger is not None and logger.name == name else {}
     if name == "wandb":
-        return Tracking(name, names, _start_wandb(cfg, options, Path(out_dir)))
+        return Tracking(name, names, _start_wandb(record, options, Path(out_dir)))
     if name == "mlflow":
-        return Tracking(name, names, _start_mlflow(cfg, options, Path(out_dir)))
+        return Tracking(name, names, _start_mlflow(record, options, Path(out_dir)))
     return Tracking(name, names)
 
 
@@ -138,17 +142,15 @@ def _sweep_dir() -> Path | None:
     return None
 
 
-def _config_dict(cfg: DictConfig) -> dict:
+def _config_dict(record: Mapping) -> dict:
     """The job's resolved config without the ``hydra`` node."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return container
+    return {k: v for k, v in record.items() if k != "hydra"}
 
 
-def _flat_config(cfg: DictConfig) -> dict:
+def _flat_config(record: Mapping) -> dict:
     """The job's config as ``{"cfg.model.lsr.r": 2, ...}``: prefixed, because the Trainer logs its own
     arguments into the same run and a root key such as ``output_dir`` must not collide with them."""
-    container = {"cfg": _config_dict(cfg)}
+    container = {"cfg": _config_dict(record)}
     flat: dict = {}
 
     def walk(prefix: str, node) -> None:
@@ -196,7 +198,7 @@ def _import(module: str):
 
 
 # -- Weights & Biases --------------------------------------------------------------------------
-def _start_wandb(cfg: DictConfig, options, out_dir: Path):
+def _start_wandb(record: Mapping, options, out_dir: Path):
     mode = str(options.get("mode", "offline"))
     if mode not in WANDB_MODES:
         raise choices_error("logger.mode", mode, WANDB_MODES)
@@ -212,7 +214,7 @@ def _start_wandb(cfg: DictConfig, options, out_dir: Path):
     group = options.get("group") or (sweep.name if sweep else None)
     run = wandb.init(project=str(options.get("project") or "lsr-adapt"), entity=options.get("entity"),
                      group=group, tags=list(options.get("tags") or []), name=out_dir.name, dir=str(out_dir),
-                     mode=mode, config={"cfg": _config_dict(cfg)})
+                     mode=mode, config={"cfg": _config_dict(record)})
     log.info("wandb %s run %s in %s", mode, run.name, out_dir / "wandb")
 
     def close(results):
@@ -229,7 +231,7 @@ def default_mlflow_store(out_dir: Path) -> Path:
     return (_sweep_dir() or out_dir).resolve() / "mlflow.db"
 
 
-def _start_mlflow(cfg: DictConfig, options, out_dir: Path):
+def _start_mlflow(record: Mapping, options, out_dir: Path):
     mlflow = _import("mlflow")
     uri = str(options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or "")
     if not uri:
@@ -254,12 +256,12 @@ def _start_mlflow(cfg: DictConfig, options, out_dir: Path):
             mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     run = mlflow.start_run(run_name=str(options.get("run_name") or out_dir.name))
-    params = {k: str(v)[:_MLFLOW_PARAM_MAX] for k, v in _flat_config(cfg).items()}
+    params = {k: str(v)[:_MLFLOW_PARAM_MAX] for k, v in _flat_config(record).items()}
     items = list(params.items())
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
         mlflow.log_params(dict(items[i:i + 100]))
-    mlflow.set_tags({"output_dir": str(out_dir.resolve()), "adaptation_type": str(cfg.model.adaptation_type),
-                     "task": str(cfg.data.name)})
+    mlflow.set_tags({"output_dir": str(out_dir.resolve()), "adaptation_type": str(record["model"]["adaptation_type"]),
+                     "task": str(record["data"]["name"])})
     log.info("MLflow run %s (experiment %s) at %s", run.info.run_id, experiment, uri)
 
     def close(results):

@@ -18,14 +18,15 @@ from . import compat
 
 log = logging.getLogger(__name__)
 
-def training_arguments(cfg, out_dir: Path, model, precision: dict, report_to, extra: dict) -> TrainingArguments:
-    """The Trainer's arguments for this run; ``extra``: what the task and the method add (e.g. a
-    paged optimizer, the GW task's second label); ``training.args``: any other TrainingArguments
-    field the user sets (checked by ``config_schema.check_trainer_args``), applied last."""
-    tcfg = cfg.training
+def training_arguments(tcfg, metric: str, out_dir: Path, model, precision: dict, report_to,
+                       extra: dict) -> TrainingArguments:
+    """The Trainer's arguments for this run from the ``training`` section; ``metric``: ``data.metric``,
+    the one that picks the best epoch; ``extra``: what the task and the method add (e.g. a paged
+    optimizer, the GW task's second label); ``training.args``: any other TrainingArguments field the
+    user sets (checked by ``config_schema.check_trainer_args``), applied last."""
     per_device, accumulation = per_device_batch(tcfg)
     seed = int(tcfg.seed)
-    metric = str(cfg.data.metric)
+    metric = str(metric)
     own = dict(
         output_dir=str(out_dir),
         num_train_epochs=float(tcfg.num_train_epochs),

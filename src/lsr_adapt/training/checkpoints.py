@@ -9,7 +9,7 @@
   into place by rank 0 after a barrier, with a ``manifest.json`` (size and SHA-256 of each file)
   written last: a checkpoint directory either is complete or does not exist;
 * only the newest ``keep`` complete checkpoints are kept (``publish_checkpoint``);
-* ``resume_checkpoint(cfg, run_dir)`` decides what a run continues from (``training.resume``): the
+* ``resume_checkpoint(resume, run_dir, record)`` decides what a run continues from (``training.resume``): the
   newest checkpoint whose files match its manifest, warning about each newer one it passes over
   (torn by a crash mid-write, or damaged since), only if the run was started with the same config:
   each checkpoint keeps the resolved config it was written under (``config_resolved.yaml``, under
@@ -160,10 +160,11 @@ def load_recorder_state(recorder, ckpt) -> list[int]:
 
 
 # -- which checkpoint a run continues from ---------------------------------------------------------
-def resume_checkpoint(cfg, out_dir: Path) -> Path | None:
-    """The checkpoint this run continues from. ``training.resume``: ``auto`` (this run dir's newest
-    intact checkpoint, if any), a checkpoint dir, an earlier run dir (its newest intact one), or false."""
-    resume = cfg.training.resume
+def resume_checkpoint(resume, out_dir: Path, record: dict) -> Path | None:
+    """The checkpoint this run continues from. ``resume`` (``training.resume``): ``auto`` (this run
+    dir's newest intact checkpoint, if any), a checkpoint dir, an earlier run dir (its newest intact
+    one), or false. ``record``: the run's resolved config (``OmegaConf.to_container(cfg, resolve=True)``),
+    which must be the one the checkpoint was written under."""
     existing = checkpoint_dirs(out_dir)
     if resume in (False, None, "false"):
         if existing:
@@ -176,7 +177,7 @@ def resume_checkpoint(cfg, out_dir: Path) -> Path | None:
             problem = checkpoint_problem(path)
             if problem:
                 raise LsrAdaptError(f"training.resume={resume}: cannot resume from it: {problem}")
-            _check_same_config(cfg, path)
+            _check_same_config(record, path)
             return path
         if not checkpoint_dirs(path):
             raise LsrAdaptError(f"training.resume={resume}: no such directory, or neither a checkpoint nor "
@@ -184,7 +185,7 @@ def resume_checkpoint(cfg, out_dir: Path) -> Path | None:
         ckpt = find_resume_checkpoint(path)
         if ckpt is None:
             raise LsrAdaptError(f"training.resume={resume}: none of its checkpoints is intact")
-        _check_same_config(cfg, ckpt)
+        _check_same_config(record, ckpt)
         return ckpt
     if not existing:
         return None
@@ -192,19 +193,18 @@ def resume_checkpoint(cfg, out_dir: Path) -> Path | None:
     if ckpt is None:
         log.warning("no intact checkpoint in %s: starting from the beginning", out_dir)
         return None
-    _check_same_config(cfg, ckpt)
+    _check_same_config(record, ckpt)
     return ckpt
 
 
-def _check_same_config(cfg, ckpt: Path) -> None:
+def _check_same_config(record: dict, ckpt: Path) -> None:
     """Refuse to continue a run that was started with a different config: the one the checkpoint was
     written under (checksummed by its manifest; a checkpoint of an older lsr-adapt without one: the
     run dir's ``config_resolved.yaml``, if it is still there)."""
     previous = ckpt / RUN_CONFIG if (ckpt / RUN_CONFIG).exists() else ckpt.parent / RUN_CONFIG
     if not previous.exists():
         return
-    changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(previous)),
-                            OmegaConf.to_container(cfg, resolve=True))
+    changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(previous)), record)
     if changed:
         raise RunDirRefused(f"{ckpt.parent} holds checkpoints of a run with another config (differs in "
                             f"{', '.join(changed[:5])}); re-run the same command to resume, or choose "

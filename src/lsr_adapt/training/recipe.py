@@ -1,11 +1,14 @@
 """``train(cfg)``: one fine-tuning run from a composed Hydra config, as a short list of named phases.
 
-    validate → claim the run dir → model + adapter → data → trainer → evaluate before → fit →
-    evaluate the best weights → record → save
+    validate → claim the run dir → model + adapter → data → tracker → trainer → evaluate before →
+    fit → evaluate the best weights → record → save
 
-Each phase is one function below with one job; ``train`` reads as the recipe. Kept apart from the
-``@hydra.main`` wrapper in ``main.py`` so tests (and other programs) call it with configs they
-compose themselves.
+Each phase is one function below with one job; ``train`` reads as the recipe. The config flows down:
+``validate`` checks the whole config once and returns its sections (``config_schema.RunConfig``), and
+each phase receives only the sections (or values) it reads, never the whole config; ``train`` itself
+keeps the run's record (the resolved config: ``config_resolved.yaml``, what a resume must match, what
+a tracker logs). Kept apart from the ``@hydra.main`` wrapper in ``main.py`` so tests (and other
+programs) call it with configs they compose themselves.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from transformers import set_seed
 from ..adapters import AdapterMethod, get_method
 from ..artifacts import init_from_run, save_run_adapter
 from ..budget import apply_budget
-from ..config_schema import validate_config
+from ..config_schema import RunConfig, RunSection, validate_config
 from ..distributed import assign_, barrier, gather_full_weights, is_main_process, world_size
 from ..errors import LsrAdaptError
 from ..iofiles import write_json, writing
@@ -46,23 +49,27 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict:
     """Fine-tune as configured; returns the results dict also written to ``<output_dir>/results.json``."""
-    validate(cfg)
-    out_dir = output_dir_of(cfg)
+    sections = validate(cfg)
+    model_cfg, data_cfg, training_cfg = sections.model, sections.data, sections.training
+    out_dir = output_dir_of(sections.run.output_dir)
     with claim(out_dir):
-        resume_from = resume_checkpoint(cfg, out_dir)
+        resolved = OmegaConf.to_container(cfg, resolve=True)  # the run's record as data: what a resume must match
+        resume_from = resume_checkpoint(training_cfg.resume, out_dir, resolved)
         record = OmegaConf.to_yaml(cfg, resolve=True)  # the run's config: the run dir's and each checkpoint's
         start_records(out_dir, record)
-        set_seed(int(cfg.training.seed))
-        task = get_task(cfg.data)
-        built = build_model(cfg, task)
-        splits, extra_eval = build_data(cfg, task, built.tokenizer)
-        run = build_trainer(cfg, task, built, splits, out_dir, resume_from, record)
+        set_seed(int(training_cfg.seed))
+        task = get_task(data_cfg)
+        built = build_model(model_cfg, data_cfg, sections.budget, sections.run, training_cfg, task)
+        splits, extra_eval = build_data(data_cfg, training_cfg, task, built.tokenizer)
+        tracking = open_tracking(sections.logger, training_cfg, out_dir, resolved)
+        run = build_trainer(training_cfg, data_cfg, task, built, splits, tracking, out_dir, resume_from, record)
         before = evaluate_before(run, built, extra_eval)
-        fit(cfg, run, resume_from)
+        fit(training_cfg, run, resume_from)
         outcome = evaluate_best(run, built, splits, extra_eval, before, resume_from)
-        results = results_record(cfg, built, task.name, outcome, run.precision, majority_class(task.name, splits))
+        results = results_record(model_cfg, data_cfg, training_cfg, sections.run.freeze_adapter, built, task.name,
+                                 outcome, run.precision, majority_class(task.name, splits))
         mark_pruned(results)  # an Optuna trial its pruner stopped early says so (training/pruning.py)
-        save_run(out_dir, built, results, adapter_meta(cfg, built, task.name, built.init_info))
+        save_run(out_dir, built, results, adapter_meta(model_cfg, data_cfg, built, task.name, built.init_info))
         run.tracking.finish(results)
     log.info("best validation %s %.4f at epoch %s; results in %s", outcome["metric"], outcome["best_metric"],
              outcome["best_epoch"], out_dir / RESULTS)
@@ -70,13 +77,20 @@ def train(cfg: DictConfig) -> dict:
 
 
 # -- 1. validate -------------------------------------------------------------------------------------
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> RunConfig:
     """Every value checked before any model or data loads: nothing left ``???``, types, ranges,
-    choices (``config_schema``); the precision this machine can run; the trackers; libraries new enough."""
-    validate_config(cfg)
-    precision_of(str(cfg.training.precision))  # fp16 needs CUDA
-    tracker_names(cfg)  # each tracker known and installed
+    choices (``config_schema``); the precision this machine can run; the trackers; libraries new enough.
+    Returns the config's sections, what the phases below read (the one phase given the whole config)."""
+    sections = validate_config(cfg)
+    precision_of(str(sections.training.precision))  # fp16 needs CUDA
+    tracker_names(sections.logger, report_to(sections.training))  # each tracker known and installed
     compat.check_versions()
+    return sections
+
+
+def report_to(training_cfg: DictConfig):
+    """``training.report_to`` (null where the config leaves it out: the logger group's tracker)."""
+    return training_cfg.get("report_to")
 
 
 # -- 2. model + adapter --------------------------------------------------------------------------------
@@ -100,46 +114,48 @@ class BuiltModel:
         return self.loaded.tokenizer
 
 
-def build_model(cfg: DictConfig, task: Task) -> BuiltModel:
+def build_model(mcfg: DictConfig, dcfg: DictConfig, budget_cfg: DictConfig | None, init: RunSection,
+                training_cfg: DictConfig, task: Task) -> BuiltModel:
     """The task's model class from the checkpoint, the method's adapter around its target layers,
-    and what trains: budget matching, ``init_from``, ``freeze_adapter``, ``disable_dropout``."""
-    mcfg = cfg.model
+    and what trains: budget matching (``budget``), ``init_from`` / ``init_from_checksum`` /
+    ``freeze_adapter`` (``init``: the root's), ``training.disable_dropout``."""
     adaptation_type = str(mcfg.adaptation_type)
     method = get_method(adaptation_type)
     section = mcfg.get(adaptation_type)
     method_values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
     name_or_path = model_path_of(mcfg)
-    loaded = task.load(name_or_path, cfg.data, mcfg)
+    loaded = task.load(name_or_path, dcfg, mcfg)
     target_modules = mcfg.target_modules
     if target_modules is not None and not isinstance(target_modules, str):
         target_modules = list(target_modules)
-    if cfg.budget.params is not None:  # equal-budget runs: size fields from budget.params
-        method_values = apply_budget(loaded, adaptation_type, method_values, target_modules, cfg.budget)
+    if budget_cfg.params is not None:  # equal-budget runs: size fields from budget.params
+        method_values = apply_budget(loaded, adaptation_type, method_values, target_modules, budget_cfg)
     prepared = prepare_model(loaded, adaptation_type, method_values, target_modules)
     counts = dict(prepared.counts)  # updated below by freeze_adapter; results.json records it as it ends
     built = BuiltModel(loaded, adaptation_type, method, method_values, name_or_path, counts, prepared.head_names)
-    if cfg.init_from:  # continue from a saved adapter (+ head when the label count matches)
-        built.init_info = init_from_run(built.model, cfg.init_from, adaptation_type, loaded.method_config,
-                                        int(cfg.data.num_labels), check_checksum=bool(cfg.init_from_checksum))
-    if cfg.freeze_adapter:  # e.g. stage 2 of "LoRA, then head only"
+    if init.init_from:  # continue from a saved adapter (+ head when the label count matches)
+        built.init_info = init_from_run(built.model, init.init_from, adaptation_type, loaded.method_config,
+                                        int(dcfg.num_labels), check_checksum=bool(init.init_from_checksum))
+    if init.freeze_adapter:  # e.g. stage 2 of "LoRA, then head only"
         freeze_adapter(built.model)
         counts.update(parameter_counts(built.model, built.head_names))
-    if cfg.training.disable_dropout:  # e.g. to compare runs across process counts exactly
+    if training_cfg.disable_dropout:  # e.g. to compare runs across process counts exactly
         for module in built.model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     log.info("%s on %s: %d trainable of %d parameters (%.3f%%; adapter %d, head %d)", adaptation_type,
-             cfg.data.name, counts["trainable_params"], counts["total_params"], counts["percent_trainable"],
+             dcfg.name, counts["trainable_params"], counts["total_params"], counts["percent_trainable"],
              counts["adapter_params"], counts["head_params"])
     return built
 
 
 # -- 3. data ---------------------------------------------------------------------------------------------
-def build_data(cfg: DictConfig, task: Task, tokenizer) -> tuple[dict, dict]:
-    """(train / validation / [test] splits, extra evaluation splits such as MNLI mismatched)."""
-    seed = int(cfg.training.seed)
-    splits = task.prepare_splits(cfg.data, tokenizer, seed=seed, need_train=float(cfg.training.num_train_epochs) > 0)
-    return splits, extra_eval_datasets(task, cfg.data, tokenizer, seed)
+def build_data(dcfg: DictConfig, training_cfg: DictConfig, task: Task, tokenizer) -> tuple[dict, dict]:
+    """(train / validation / [test] splits, extra evaluation splits such as MNLI mismatched), from the
+    ``data`` section; ``training.seed`` shuffles, ``training.num_train_epochs=0`` needs no train split."""
+    seed = int(training_cfg.seed)
+    splits = task.prepare_splits(dcfg, tokenizer, seed=seed, need_train=float(training_cfg.num_train_epochs) > 0)
+    return splits, extra_eval_datasets(task, dcfg, tokenizer, seed)
 
 
 # -- 4. trainer --------------------------------------------------------------------------------------------
@@ -155,20 +171,26 @@ class TrainerRun:
     train_runtime: float = 0.0  # seconds in fit
 
 
-def build_trainer(cfg: DictConfig, task: Task, built: BuiltModel, splits: dict, out_dir: Path,
-                  resume_from: Path | None, record: str | None = None) -> TrainerRun:
-    """The Trainer with its arguments, the epoch recorder and the tracker; a resumed run's trainable
-    weights and recorder state put back before the Trainer wraps the model."""
-    dcfg, tcfg = cfg.data, cfg.training
+def open_tracking(logger_cfg: DictConfig | None, training_cfg: DictConfig, out_dir: Path, resolved: dict) -> Tracking:
+    """The ``logger`` section's tracker run (closed after results.json), reporting to
+    ``training.report_to`` and logging the run's resolved config; rank 0 alone reports."""
+    if not is_main_process():
+        return Tracking("none", [])
+    return start_tracking(logger_cfg, report_to(training_cfg), out_dir, resolved)
+
+
+def build_trainer(tcfg: DictConfig, dcfg: DictConfig, task: Task, built: BuiltModel, splits: dict, tracking: Tracking,
+                  out_dir: Path, resume_from: Path | None, record: str | None = None) -> TrainerRun:
+    """The Trainer with its arguments (the ``training`` section; ``data.metric`` picks the best epoch)
+    and the epoch recorder, reporting to ``tracking``; a resumed run's trainable weights and recorder
+    state put back before the Trainer wraps the model."""
     metric = str(dcfg.metric)
     metric_names = list(dict.fromkeys([metric, *dcfg.metrics]))
     model, method, method_cfg = built.model, built.method, built.loaded.method_config
     recorder = EpochRecorder(model, metric, higher_is_better(metric))
-    # logger group: opens the tracker run (closed after results.json); rank 0 alone reports
-    tracking = start_tracking(cfg, out_dir) if is_main_process() else Tracking("none", [])
     precision = precision_of(str(tcfg.precision))
     extra_args = {**task.training_args(dcfg), **(method.training_args(method_cfg) if method.training_args else {})}
-    args = training_arguments(cfg, out_dir, model, precision, tracking.report_to, extra_args)
+    args = training_arguments(tcfg, metric, out_dir, model, precision, tracking.report_to, extra_args)
     skipped = []
     if resume_from is not None:  # before the Trainer wraps the model in DDP
         load_trainable(model, resume_from)
@@ -209,12 +231,12 @@ def evaluate_before(run: TrainerRun, built: BuiltModel, extra_eval: dict) -> dic
 
 
 # -- 6. fit -------------------------------------------------------------------------------------------------
-def fit(cfg: DictConfig, run: TrainerRun, resume_from: Path | None) -> None:
-    """Train the configured epochs; a run that skipped more than ``training.nonfinite_max_skipped`` of
+def fit(tcfg: DictConfig, run: TrainerRun, resume_from: Path | None) -> None:
+    """Train the configured epochs (the ``training`` section); a run that skipped more than ``training.nonfinite_max_skipped`` of
     its steps (``nonfinite_loss=skip``) failed, however its metrics look."""
     trainer = run.trainer
     t0 = time.perf_counter()
-    if float(cfg.training.num_train_epochs) > 0:
+    if float(tcfg.num_train_epochs) > 0:
         if world_size() > 1 and not trainer.is_fsdp_enabled:
             compat.unprepare_after_eval(trainer, trainer.model)
         if resume_from is not None:
@@ -223,7 +245,7 @@ def fit(cfg: DictConfig, run: TrainerRun, resume_from: Path | None) -> None:
         trainer.check_losses()
     run.train_runtime = time.perf_counter() - t0
     steps, skipped = trainer.state.global_step, len(trainer.skipped_batches)
-    limit = float(cfg.training.nonfinite_max_skipped)
+    limit = float(tcfg.nonfinite_max_skipped)
     if steps and skipped / steps > limit:
         raise LsrAdaptError(f"{skipped} of {steps} training steps had a non-finite loss and were skipped, more than "
                             f"training.nonfinite_max_skipped={limit}: the run diverged; lower training.learning_rate")

@@ -30,9 +30,9 @@ def versions() -> dict:
             "python": platform.python_version(), "numpy": np.__version__}
 
 
-def adapter_meta(cfg: DictConfig, built, task_name: str, init_info) -> dict:
-    """What ``adapter_config.json`` records beyond what the model itself tells (``artifacts.save_adapter``)."""
-    mcfg, dcfg = cfg.model, cfg.data
+def adapter_meta(mcfg: DictConfig, dcfg: DictConfig, built, task_name: str, init_info) -> dict:
+    """What ``adapter_config.json`` records beyond what the model itself tells (``artifacts.save_adapter``);
+    ``mcfg`` / ``dcfg``: the ``model`` and ``data`` sections."""
     method_config = built.loaded.method_config
     return {
         "adaptation_type": built.adaptation_type,
@@ -67,10 +67,10 @@ def majority_class(task_name: str, splits: dict) -> dict | None:
     return {"label": label, **rates}
 
 
-def results_record(cfg: DictConfig, built, task_name: str, outcome: dict, precision: str,
-                   majority: dict | None = None) -> dict:
-    """``results.json``: the run's config in brief, parameter counts, metrics, time, memory, versions."""
-    mcfg, dcfg, tcfg = cfg.model, cfg.data, cfg.training
+def results_record(mcfg: DictConfig, dcfg: DictConfig, tcfg: DictConfig, freeze_adapter, built, task_name: str,
+                   outcome: dict, precision: str, majority: dict | None = None) -> dict:
+    """``results.json``: the run's config in brief (from the ``model``, ``data`` and ``training``
+    sections and the root's ``freeze_adapter``), parameter counts, metrics, time, memory, versions."""
     peak_mb, peak_kind = peak_memory()
     extra = outcome["extra"]
     return {
@@ -82,7 +82,7 @@ def results_record(cfg: DictConfig, built, task_name: str, outcome: dict, precis
         "method_config": built.method_values,
         "pooling": getattr(built.model.config, POOLING_ATTR, None),  # what a classification head reads
         "init_from": built.init_info,
-        "freeze_adapter": bool(cfg.freeze_adapter),
+        "freeze_adapter": bool(freeze_adapter),
         "learning_rate": float(tcfg.learning_rate),
         "warmup_ratio": float(tcfg.warmup_ratio),
         "batch_size": int(tcfg.batch_size),

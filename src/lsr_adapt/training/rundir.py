@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from .. import runlog
 from ..distributed import is_main_process
@@ -34,9 +34,10 @@ LOCK = ".lock"
 __all__ = ["LOCK", "RESULTS", "RUN_CONFIG", "claim", "output_dir_of", "refusal", "register_resolvers", "start_records"]
 
 
-def output_dir_of(cfg: DictConfig) -> Path:
-    if cfg.get("output_dir"):
-        return Path(cfg.output_dir)
+def output_dir_of(output_dir: str | None) -> Path:
+    """The run dir: the config's ``output_dir``, else (null) the Hydra job's own."""
+    if output_dir:
+        return Path(output_dir)
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
