@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout, installed or not
 
 from lsr_adapt.modeling import LoadedModel, head_parameter_names, prepare_model  # noqa: E402
 
-# the method configs the model YAMLs use (conf/model/roberta_<name>.yaml)
+# the method configs adapter=<name> composes (conf/adapter/<name>.yaml)
 METHODS = ["full", "head", "lora", "rslora", "lora_plus", "lora_fa", "dylora", "dora", "qlora", "lsr", "lsr_plus"]
 
 
@@ -37,12 +37,12 @@ def roberta_base_config():
 
 
 def method_config(name: str) -> tuple[str, dict]:
-    """(adaptation_type, config) as ``model=roberta_<name>`` composes them."""
+    """(adaptation_type, config) as ``adapter=<name>`` composes them on the default backbone (RoBERTa-base)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        model = compose(config_name="config", overrides=[f"model=roberta_{name}"]).model
+        model = compose(config_name="config", overrides=[f"adapter={name}"]).model
     section = model.get(model.adaptation_type)
     return str(model.adaptation_type), (OmegaConf.to_container(section, resolve=True) if section is not None else {})
 

@@ -338,18 +338,18 @@ def test_target_modules_errors_list_available_layers():
 SLOW = pytest.mark.slow  # covered by the unit tests above; end to end in the slow suite
 
 
-@pytest.mark.parametrize("model_cfg", ["roberta_dora", "roberta_full", "roberta_head",
-                                       pytest.param("roberta_lora_fa", marks=SLOW),
-                                       pytest.param("roberta_rslora", marks=SLOW),
-                                       pytest.param("roberta_lsr_plus", marks=SLOW)])
+@pytest.mark.parametrize("model_cfg", ["adapter=dora", "adapter=full", "adapter=head",
+                                       pytest.param("adapter=lora_fa", marks=SLOW),
+                                       pytest.param("adapter=rslora", marks=SLOW),
+                                       pytest.param("adapter=lsr_plus", marks=SLOW)])
 def test_train_writes_results(model_cfg, tmp_path):
-    results = run_train(tmp_path, f"model={model_cfg}", *FAST)
+    results = run_train(tmp_path, model_cfg, *FAST)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "completed" and saved["adaptation_type"] == results["adaptation_type"]
     assert len(saved["eval_history"]) == 1
-    if model_cfg == "roberta_full":
+    if model_cfg == "adapter=full":
         assert saved["trainable_params"] == saved["total_params"]
-    if model_cfg == "roberta_head":
+    if model_cfg == "adapter=head":
         assert saved["trainable_params"] == saved["head_params"] and saved["adapter_params"] == 0
 
 
@@ -358,8 +358,8 @@ def test_cli_multirun_over_the_family(tmp_path):
     """The comparison the issue asks for, through the real CLI: one results.json per job."""
     import subprocess
 
-    models = "roberta_lora,roberta_lsr,roberta_dora,roberta_lora_plus,roberta_lora_fa,roberta_dylora,roberta_full,roberta_head"
-    cmd = [sys.executable, "main.py", "experiment=smoke", "--multirun", f"model={models}", *FAST,
+    adapters = "lora,lsr,dora,lora_plus,lora_fa,dylora,full,head"
+    cmd = [sys.executable, "main.py", "experiment=smoke", "--multirun", f"adapter={adapters}", *FAST,
            "training.report_to=none", f"hydra.sweep.dir={tmp_path}"]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
     done = sorted(json.loads(f.read_text())["adaptation_type"] for f in tmp_path.glob("*/results.json"))

@@ -25,6 +25,9 @@ RESULT_KEYS = {
 # The README's commands, verbatim after `python main.py`; a --multirun sweep composes as each of its jobs.
 README_COMMANDS = [
     "",
+    "adapter=lsr",
+    "backbone=minilm adapter=lsr",
+    "--multirun adapter=lora,lsr",
     "model=roberta_lsr",
     "model.lora.r=16",
     "model=roberta_lsr model.lsr.num_terms=8 model.lsr.r=4",
@@ -267,6 +270,10 @@ def test_cli_unknown_config_choice_lists_the_options(tmp_path):
     assert proc.returncode != 0
     assert "Could not find 'model/roberta_lorra'" in proc.stderr
     assert "roberta_lora" in proc.stderr and "roberta_lsr" in proc.stderr
+    proc = _main("adapter=lorra", cwd=tmp_path)  # the groups as well: never a silent fallback to a default
+    assert proc.returncode != 0 and "Could not find 'adapter/lorra'" in proc.stderr and "\tlsr\n" in proc.stderr
+    proc = _main("backbone=robbie", cwd=tmp_path)
+    assert proc.returncode != 0 and "Could not find 'backbone/robbie'" in proc.stderr and "\tminilm\n" in proc.stderr
 
 
 def test_a_continued_run_never_saves_worse_than_its_start(tmp_path):

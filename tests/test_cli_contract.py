@@ -35,7 +35,7 @@ def work(tmp_path_factory) -> Path:
     LM run (``lm/``, evaluated, not trained), a regular file, an input CSV and a non-export dir."""
     root = tmp_path_factory.mktemp("contract")
     run_train(root / "run", *SMALL_RUN)
-    run_train(root / "lm", "model=gpt2_lora", "data=wikitext2", "training.num_train_epochs=0",
+    run_train(root / "lm", "backbone=gpt2", "adapter=lora", "data=wikitext2", "training.num_train_epochs=0",
               "data.synthetic_sizes={train: 32, validation: 16, test: 16}")
     other = root / "other"
     other.mkdir()

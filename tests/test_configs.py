@@ -1,5 +1,5 @@
 """The config tree's shape (issue 15, item 5): task configs share a neutral base, never each other;
-``model=minilm_*`` is the method's own defaults; the demo's settings live with the demo experiments
+``backbone=<b> adapter=<a>`` are independent groups and each method's own defaults; the demo's settings live with the demo experiments
 (``conf/model_settings/demo/``), and every job of ``experiment=demo`` / ``demo_full`` composes to the
 values its numbers in docs/results.md were measured with."""
 
@@ -10,9 +10,8 @@ import yaml
 from helpers import CONF, compose, sweeper_params
 from omegaconf import OmegaConf
 
-DEMO = ["minilm_head", "minilm_full", "minilm_lora", "minilm_lsr", "minilm_dora", "minilm_lora_fa",
-        "minilm_lora_plus"]
-DEMO_FULL = [*DEMO, "minilm_dylora"]
+DEMO = ["head", "full", "lora", "lsr", "dora", "lora_fa", "lora_plus"]  # the adapters each demo sweeps
+DEMO_FULL = [*DEMO, "dylora"]
 LORA_FAMILY = {"lora", "dora", "dylora", "lora_fa", "lora_plus"}
 
 
@@ -65,20 +64,44 @@ def test_each_task_composes_to_its_values(task, expected):
         assert data[key] == (pytest.approx(value) if isinstance(value, float) else value), key
 
 
-def test_minilm_models_are_the_methods_own_defaults():
-    """Outside the demo, model=minilm_<method> is the method's conf/adapter defaults on MiniLM."""
-    for method in ("lora", "dora", "dylora", "lora_fa", "lora_plus", "lsr", "lsr_plus"):
-        minilm, roberta = compose(f"model=minilm_{method}").model, compose(f"model=roberta_{method}").model
-        assert minilm[method] == roberta[method], method
-        assert minilm.name_or_path == "sentence-transformers/all-MiniLM-L6-v2" and minilm.pooling == "cls"
-    assert compose("model=minilm_lora").model.lora.alpha == 8
-    assert compose("model=minilm_lsr").model.lsr.num_terms == 16
+def test_backbone_and_adapter_are_independent_groups():
+    """backbone=<b> adapter=<a> is the backbone's file and the adapter's file merged into ``model``,
+    nothing else: every pair composes, the adapter section is the same on every backbone, a preset
+    (conf/model/) is its pair, and outside the demo the method's conf/adapter defaults hold."""
+    backbones = sorted(p.stem for p in (CONF / "backbone").glob("*.yaml"))
+    adapters = sorted(p.stem for p in (CONF / "adapter").glob("*.yaml"))
+    assert {"roberta_base", "minilm", "smollm2", "whisper_small"} <= set(backbones)
+    assert {"lora", "lsr", "dora", "head", "full", "rslora", "lsr_plus"} <= set(adapters)
+    default = compose().model
+    for adapter in adapters:
+        here = compose(f"adapter={adapter}").model
+        method = here.adaptation_type
+        for backbone in backbones:
+            m = compose(f"backbone={backbone}", f"adapter={adapter}").model
+            assert m.adaptation_type == method and m.get(method) == here.get(method), (backbone, adapter)
+            bb = OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml")
+            assert all(m[k] == v for k, v in bb.items() if k != "lr"), (backbone, adapter)
+    assert (default.name_or_path, default.adaptation_type) == ("FacebookAI/roberta-base", "lora")
+    # the seed's presets: the same config as the pair they name
+    assert compose("model=roberta_lsr") == compose("adapter=lsr")
+    assert compose("model=roberta_lora") == compose()
+    for method in ("lora", "dora", "lora_fa", "lora_plus", "lsr", "head", "full"):
+        assert compose(f"model=minilm_{method}") == compose("backbone=minilm", f"adapter={method}"), method
+    assert compose("adapter=rslora").model.lora.use_rslora and compose("adapter=rslora").model.adaptation_type == "lora"
+    assert compose("backbone=minilm", "adapter=lora").model.lora.alpha == 8
+    assert compose("backbone=minilm", "adapter=lsr").model.lsr.num_terms == 16
     # the demo's settings on any run, by name
     assert compose("model=minilm_lora", "model_settings=demo").model.lora.alpha == 16
 
 
-def _expected_method(model: str) -> dict:
-    method = model.removeprefix("minilm_")
+def test_lsr_plus_states_lsr_fields_as_lsr_does():
+    """adapter=lsr_plus restates LSR's fields (a defaults entry cannot move lsr.yaml's section to
+    another key): they stay LSR's, α (chosen for LSR+) and lr_ratio aside."""
+    lsr, plus = compose("adapter=lsr").model.lsr, compose("adapter=lsr_plus").model.lsr_plus
+    assert {k: v for k, v in plus.items() if k not in ("alpha", "lr_ratio")} == {k: v for k, v in lsr.items() if k != "alpha"}
+
+
+def _expected_method(method: str) -> dict:
     if method in LORA_FAMILY:
         return {"r": 8, "alpha": 16}
     if method == "lsr":
@@ -91,34 +114,36 @@ def _expected_method(model: str) -> dict:
 DEMO_HEAD_POOLING, DEMO_FULL_FT_LR = "mean", 1e-4
 
 
-@pytest.mark.parametrize(("experiment", "models", "seeds", "epochs", "max_length", "sampling", "head_pooling",
+@pytest.mark.parametrize(("experiment", "adapters", "seeds", "epochs", "max_length", "sampling", "head_pooling",
                           "full_lr"), [
     ("demo", DEMO, ["42"], 5, 128, "random", DEMO_HEAD_POOLING, DEMO_FULL_FT_LR),
     ("demo_full", DEMO_FULL, ["1", "2", "3", "4", "5"], 15, 256, "group_by_length", "cls", 2e-5),
 ])
-def test_demo_jobs_compose_to_the_measured_settings(experiment, models, seeds, epochs, max_length, sampling,
+def test_demo_jobs_compose_to_the_measured_settings(experiment, adapters, seeds, epochs, max_length, sampling,
                                                     head_pooling, full_lr):
     """Every job of the sweep: the settings docs/results.md reports (LoRA family r=8 α=16, LSR r=4
     t=5 α=64, lr 1e-3, full fine-tuning's own lr, head-only's pooling, epochs, max length, batches)."""
     params = sweeper_params(f"experiment={experiment}")
-    assert params["model"].split(",") == models
+    assert params["adapter"].split(",") == adapters
     assert params.get("training.seed", "42").split(",") == seeds
-    for model in models:
+    for adapter in adapters:
         for seed in seeds:
-            cfg = compose(f"experiment={experiment}", f"model={model}", f"training.seed={seed}")
+            cfg = compose(f"experiment={experiment}", f"adapter={adapter}", f"training.seed={seed}")
+            if adapter != "dylora":  # the committed demo runs recorded model=minilm_<adapter>: the same config
+                assert cfg == compose(f"experiment={experiment}", f"model=minilm_{adapter}", f"training.seed={seed}")
             m = cfg.model
             assert m.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
-            assert m.adaptation_type == model.removeprefix("minilm_")
-            assert m.pooling == (head_pooling if model == "minilm_head" else "cls"), model
+            assert m.adaptation_type == adapter
+            assert m.pooling == (head_pooling if adapter == "head" else "cls"), adapter
             section = m.get(m.adaptation_type)
             section = OmegaConf.to_container(section) if section is not None else {}
-            assert {k: section[k] for k in _expected_method(model)} == _expected_method(model), model
+            assert {k: section[k] for k in _expected_method(adapter)} == _expected_method(adapter), adapter
             # no other method's section: the demo's settings touch only the selected method
             assert not {k for k in m if k in LORA_FAMILY | {"lsr", "lsr_plus"}} - {m.adaptation_type}
             assert cfg.data.name == "drug_reviews" and cfg.data.max_length == max_length
             assert cfg.training.num_train_epochs == epochs and cfg.training.sampling == sampling
             assert cfg.training.eval_batch_size == 64 and cfg.training.batch_size == 16
-            assert cfg.training.learning_rate == pytest.approx(full_lr if model == "minilm_full" else 1e-3)
+            assert cfg.training.learning_rate == pytest.approx(full_lr if adapter == "full" else 1e-3)
             assert cfg.training.warmup_ratio == pytest.approx(0.06)  # the recipe's, full fine-tuning included
             assert cfg.training.seed == int(seed) and cfg.logger.name == "none"
 
@@ -128,13 +153,13 @@ def test_the_recorded_demo_full_commands_keep_their_settings():
     cfg = compose("experiment=demo_full", "hydra.sweeper.params={}", "training.checkpoint_every=null",
                   "training.seed=4", "model=minilm_lora_fa", "training.learning_rate=3e-3")
     assert cfg.model.lora_fa.alpha == 16 and cfg.training.learning_rate == pytest.approx(3e-3)
-    assert compose("experiment=demo_full", "model=minilm_lsr_plus").model.lsr_plus.num_terms == 11
-    assert compose("experiment=demo_full", "model=minilm_rslora").model.lora.alpha == 8  # never had α=16
+    assert compose("experiment=demo_full", "adapter=lsr_plus").model.lsr_plus.num_terms == 11
+    assert compose("experiment=demo_full", "adapter=rslora").model.lora.alpha == 8  # never had α=16
 
 
 # -- the README's demo table (issue 25) --------------------------------------------------------------
-README_DEMO_COLUMNS = {"head": "minilm_head", "full": "minilm_full", "LoRA": "minilm_lora", "LSR": "minilm_lsr",
-                       "DoRA": "minilm_dora", "LoRA-FA": "minilm_lora_fa", "LoRA+": "minilm_lora_plus"}
+README_DEMO_COLUMNS = {"head": "head", "full": "full", "LoRA": "lora", "LSR": "lsr", "DoRA": "dora",
+                       "LoRA-FA": "lora_fa", "LoRA+": "lora_plus"}  # the README's column → adapter=
 README_SHORT = {"r": "r", "α": "alpha", "t": "num_terms"}
 
 
@@ -161,12 +186,11 @@ def test_each_demo_job_composes_to_the_settings_the_readme_names():
 
     header, *rows = _readme_demo_table()
     columns = header[1:]
-    models = []
+    adapters = []
     for col in columns:
-        name = col.split(" ")[0]
-        model = README_DEMO_COLUMNS[name]
-        models.append(model)
-        cfg = compose("experiment=demo", f"model={model}")
+        adapter = README_DEMO_COLUMNS[col.split(" ")[0]]
+        adapters.append(adapter)
+        cfg = compose("experiment=demo", f"adapter={adapter}")
         m = cfg.model
         section = m.get(m.adaptation_type) or {}
         for short, value in re.findall(r"(r|α|t)=([0-9.]+)", col):
@@ -174,10 +198,10 @@ def test_each_demo_job_composes_to_the_settings_the_readme_names():
         lr = re.search(r"lr ([0-9.e-]+)", col)
         assert float(cfg.training.learning_rate) == pytest.approx(float(lr.group(1)) if lr else 1e-3), col
         assert m.pooling == ("mean" if "mean pooling" in col else "cls"), col
-    assert sorted(models) == sorted(sweeper_params("experiment=demo")["model"].split(","))
+    assert sorted(adapters) == sorted(sweeper_params("experiment=demo")["adapter"].split(","))
 
     report = {r["method"]: r for r in csv.DictReader((CONF.parent / "docs" / "demo" / "report.csv").open())}
     by_label = {r[0]: r[1:] for r in rows}
-    for model, val, test in zip(models, by_label["best validation accuracy"], by_label["test accuracy"]):
-        row = report[model.removeprefix("minilm_")]
-        assert (val, test) == (f"{float(row['best_mean']):.3f}", f"{float(row['test_mean']):.3f}"), model
+    for adapter, val, test in zip(adapters, by_label["best validation accuracy"], by_label["test accuracy"]):
+        row = report[adapter]
+        assert (val, test) == (f"{float(row['best_mean']):.3f}", f"{float(row['test_mean']):.3f}"), adapter

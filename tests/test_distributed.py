@@ -78,20 +78,20 @@ def _compare(one: Path, two: Path) -> None:
 
 # the default suite launches LSR (the project's own method); every other method, under `-m slow`
 # (each launch pair costs ~20 s of the 2-core budget)
-METHODS = ["roberta_lsr"]
-SLOW_METHODS = ["roberta_lora", "roberta_dylora", "roberta_lora_fa", "roberta_dora", "roberta_lora_plus",
-                "roberta_lsr_plus", "roberta_rslora", "roberta_full", "roberta_head", "roberta_qlora"]
+METHODS = ["model=roberta_lsr"]
+SLOW_METHODS = ["model=roberta_lora", "adapter=dylora", "adapter=lora_fa", "adapter=dora", "adapter=lora_plus",
+                "adapter=lsr_plus", "adapter=rslora", "adapter=full", "adapter=head", "adapter=qlora"]
 # the tiny model's in_features is 32: bitsandbytes' CPU kernels need a blocksize that divides it
-EXTRA = {"roberta_qlora": ["model.qlora.blocksize=32"]}
+EXTRA = {"adapter=qlora": ["model.qlora.blocksize=32"]}
 
 
 @pytest.mark.parametrize("model", METHODS + [pytest.param(m, marks=pytest.mark.slow) for m in SLOW_METHODS])
 def test_torchrun_two_processes_match_one_process(tmp_path, model):
     """The issue's test: `torchrun --nproc_per_node 2` (gloo) == one process with the same global batch."""
-    if model == "roberta_qlora":
+    if model == "adapter=qlora":
         pytest.importorskip("bitsandbytes")
-    _launch(tmp_path / "one", 1, *EXACT, f"model={model}", *EXTRA.get(model, []))
-    _launch(tmp_path / "two", 2, *EXACT, f"model={model}", *EXTRA.get(model, []))
+    _launch(tmp_path / "one", 1, *EXACT, model, *EXTRA.get(model, []))
+    _launch(tmp_path / "two", 2, *EXACT, model, *EXTRA.get(model, []))
     one, two = _run_dir(tmp_path / "one"), _run_dir(tmp_path / "two")
     _compare(one, two)
     assert len(list(two.rglob(".hydra"))) == 1 and len(list(two.rglob("*.log"))) == 1  # rank 0's only
@@ -139,12 +139,12 @@ def test_gradient_accumulation_keeps_the_global_batch(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["roberta_lora", "roberta_lsr", *[pytest.param(m, marks=pytest.mark.slow)
-                                                                     for m in ("roberta_dylora", "roberta_dora", "roberta_lora_fa")]])
+@pytest.mark.parametrize("model", ["model=roberta_lora", "model=roberta_lsr", *[pytest.param(m, marks=pytest.mark.slow)
+                                                                     for m in ("adapter=dylora", "adapter=dora", "adapter=lora_fa")]])
 def test_non_reentrant_gradient_checkpointing_changes_nothing_but_memory(tmp_path, model):
     from safetensors.torch import load_file
 
-    exact = [o for o in EXACT[1:] if not o.startswith("data.")] + [f"model={model}", "training.num_train_epochs=1"]
+    exact = [o for o in EXACT[1:] if not o.startswith("data.")] + [model, "training.num_train_epochs=1"]
     run_train(tmp_path / "plain", *exact)
     run_train(tmp_path / "ckpt", *exact, "training.gradient_checkpointing=true",
               "training.callbacks=[{_target_:faults.RequireGradientCheckpointing}]")
@@ -170,7 +170,7 @@ def test_only_rank_0_writes_hydra_files(monkeypatch):
 
 @pytest.mark.parametrize("command", [
     "model=roberta_lsr data=sst2",
-    "model=roberta_full data=mnli hydra.run.dir=runs/mnli-full",
+    "adapter=full data=mnli hydra.run.dir=runs/mnli-full",
     "model=roberta_lora data=mnli training.fsdp=true",
     "-m hydra/launcher=slurm hydra.launcher.partition=gpu model=roberta_lora,roberta_lsr training.seed=0,1,2",
 ])
@@ -188,17 +188,17 @@ def test_readme_scale_out_commands_compose(command):
 
 
 # -- FSDP (training.fsdp=true): the Trainer's FSDP2 through accelerate --------------------------------
-FSDP_SLOW = ["roberta_lora", "roberta_dora", "roberta_dylora", "roberta_lora_fa", "roberta_rslora", "roberta_full",
-             "roberta_head"]
+FSDP_SLOW = ["model=roberta_lora", "adapter=dora", "adapter=dylora", "adapter=lora_fa", "adapter=rslora", "adapter=full",
+             "adapter=head"]
 
 
 @pytest.mark.slow  # minutes of the 2-core default budget; runs in CI's -m slow pass
-@pytest.mark.parametrize("model", ["roberta_lsr", *FSDP_SLOW])
+@pytest.mark.parametrize("model", ["model=roberta_lsr", *FSDP_SLOW])
 def test_fsdp_two_processes_match_one_process(tmp_path, model):
     """Sharded parameters, sharded optimizer, best-epoch restore into shards, whole weights gathered
     for the adapter and its base fingerprint: the same files as one unsharded process."""
-    _launch(tmp_path / "one", 1, *EXACT, f"model={model}")
-    _launch(tmp_path / "two", 2, *EXACT, f"model={model}", "training.fsdp=true", fsdp_on_cpu=True)
+    _launch(tmp_path / "one", 1, *EXACT, model)
+    _launch(tmp_path / "two", 2, *EXACT, model, "training.fsdp=true", fsdp_on_cpu=True)
     one, two = _run_dir(tmp_path / "one"), _run_dir(tmp_path / "two")
     _compare(one, two)
     from lsr_adapt.artifacts import read_adapter_config
@@ -213,7 +213,7 @@ def test_fsdp_killed_run_resumes_from_its_sharded_checkpoint(tmp_path):
     """LoRA+ (its own optimizer groups, which FSDP needs built by the Trainer) under FSDP, SIGKILLed
     after step 20 and re-run: the checkpoint's sharded optimizer state is restored and the result
     equals one uninterrupted process."""
-    cfg = [*EXACT, "model=roberta_lora_plus", "training.fsdp=true", "training.checkpoint_every=8",
+    cfg = [*EXACT, "adapter=lora_plus", "training.fsdp=true", "training.checkpoint_every=8",
            "hydra.run.dir=two", "training.callbacks=[{_target_:faults.KillAtStep,step:20}]"]
     killed = _launch(tmp_path, 2, *cfg, fsdp_on_cpu=True, env_extra={"LSR_TEST_KILL": "1"}, check=False)
     assert killed.returncode != 0
@@ -221,7 +221,7 @@ def test_fsdp_killed_run_resumes_from_its_sharded_checkpoint(tmp_path):
     assert (two / "checkpoint-16" / "manifest.json").is_file()
     _launch(tmp_path, 2, *cfg, fsdp_on_cpu=True)  # the same command resumes
     assert json.loads((two / "results.json").read_text())["resumed_from"].endswith("checkpoint-16")
-    _launch(tmp_path / "one", 1, *EXACT, "model=roberta_lora_plus")
+    _launch(tmp_path / "one", 1, *EXACT, "adapter=lora_plus")
     _compare(_run_dir(tmp_path / "one"), two)
 
 

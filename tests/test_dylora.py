@@ -121,7 +121,7 @@ def test_dylora_rank_metrics_hook_restores_the_eval_rank():
 
 
 def test_train_dylora_records_a_rank_table(tmp_path):
-    results = run_train(tmp_path, "model=roberta_dylora", *FAST, "model.dylora.r=3")
+    results = run_train(tmp_path, "adapter=dylora", *FAST, "model.dylora.r=3")
     table = results["rank_metrics"]
     assert list(table) == ["1", "2", "3"] and all("accuracy" in m for m in table.values())
     assert results["eval_rank"] == 3

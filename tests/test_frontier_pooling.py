@@ -114,8 +114,8 @@ def test_bad_and_unsupported_pooling_are_one_line_errors():
 def test_the_config_option_reaches_the_model():
     from lsr_adapt.tasks import get_task
 
-    for model in ("roberta_lora", "minilm_lsr", "minilm_head", "distilbert_lora"):
-        assert compose(f"model={model}").model.pooling == "cls"  # the default: today's behaviour
+    for choice in ("model=roberta_lora", "model=minilm_lsr", "model=minilm_head", "backbone=distilbert_sst2"):
+        assert compose(choice).model.pooling == "cls"  # the default: today's behaviour
     cfg = compose("experiment=smoke", "model=roberta_lora", "model.pooling=mean")
     loaded = get_task(cfg.data).load(str(tiny_checkpoint("roberta")), cfg.data, cfg.model)
     assert loaded.model.config.lsr_adapt_pooling == "mean"

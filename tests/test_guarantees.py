@@ -161,7 +161,7 @@ def test_a_causal_lm_run_exports_merged_as_a_causal_lm(tmp_path):
     from lsr_adapt.artifacts import load_run
 
     run = tmp_path / "lm"
-    run_train(run, "model=gpt2_lora", "data=wikitext2", "training.num_train_epochs=1",
+    run_train(run, "backbone=gpt2", "adapter=lora", "data=wikitext2", "training.num_train_epochs=1",
               "data.synthetic_sizes.train=64", "data.synthetic_sizes.validation=16", "data.synthetic_sizes.test=16")
     out = tmp_path / "merged"
     proc = cli("--run", str(run), "--format", "merged", "--out", str(out), module="lsr_adapt.export")

@@ -161,7 +161,7 @@ def test_roc_auc_against_pair_counting():
 def _tiny_detector(hidden=(16,), pooling="mean", **data):
     from lsr_adapt.smoke import tiny_checkpoint
 
-    cfg = compose("experiment=smoke", "model=whisper_lora", "data=gw_synthetic",
+    cfg = compose("experiment=smoke", "backbone=whisper_small", "adapter=lora", "data=gw_synthetic",
                   f"model.gw_head.hidden={list(hidden)}", f"model.gw_head.pooling={pooling}",
                   *[f"data.{k}={v}" for k, v in data.items()])
     torch.manual_seed(0)
@@ -200,8 +200,9 @@ def test_whisper_method_configs_train_the_right_parameters():
     from lsr_adapt.modeling import prepare_model
 
     counts = {}
-    for method, cfg_name in [("lora", "whisper_lora"), ("head", "whisper_frozen"), ("full", "whisper_full")]:
-        assert compose(f"model={cfg_name}").model.adaptation_type == method
+    for method, choice in [("lora", "backbone=whisper_small adapter=lora"), ("head", "backbone=whisper_small adapter=head"),
+                           ("full", "model=whisper_full")]:
+        assert compose(*choice.split()).model.adaptation_type == method
         loaded, cfg = _tiny_detector(sample_rate=2048, duration=2.0)
         section = cfg.model.get(method)
         counts[method] = prepare_model(loaded, method, dict(section) if section else {}, cfg.model.target_modules).counts
@@ -220,7 +221,7 @@ def test_gw_disk_layout(tmp_path):
     d = generate(P, 16, seed=0)
     Dataset.from_dict({"h1_timeseries": d["h1_timeseries"], "l1_timeseries": d["l1_timeseries"],
                        "labels": d["labels"]}).save_to_disk(str(tmp_path / "one"))
-    cfg = compose("model=whisper_lora", "data=gw_disk", f"data.path={tmp_path / 'one'}", "data.validation_from_train=0.25",
+    cfg = compose("backbone=whisper_small", "adapter=lora", "data=gw_disk", f"data.path={tmp_path / 'one'}", "data.validation_from_train=0.25",
                   "data.n_frames=26")
     loaded, _ = _tiny_detector(sample_rate=2048, duration=2.0)
     splits = prepare_splits(cfg.data, loaded.tokenizer)
@@ -240,7 +241,7 @@ def test_gw_disk_layout(tmp_path):
 def test_whisper_smoke_run_and_recorded_auc(tmp_path):
     from lsr_adapt.artifacts import load_adapter
 
-    over = ("model=whisper_lora", "data=gw_synthetic", "data.sample_rate=2048", "data.duration=2.0",
+    over = ("backbone=whisper_small", "adapter=lora", "data=gw_synthetic", "data.sample_rate=2048", "data.duration=2.0",
             "data.synthetic_sizes={train: 48, validation: 32, test: 16}", "model.gw_head.hidden=[16]",
             "training.num_train_epochs=1", "training.batch_size=8", "data.waveform=numpy")
     res = run_train(tmp_path, *over)

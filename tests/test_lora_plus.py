@@ -44,7 +44,7 @@ def test_lora_plus_ratio_survives_the_trainer(tmp_path, monkeypatch):
         return scheduler
 
     monkeypatch.setattr(Trainer, "create_scheduler", spy)
-    results = run_train(tmp_path, "model=roberta_lora_plus", *FAST, "training.warmup_ratio=0.25")
+    results = run_train(tmp_path, "adapter=lora_plus", *FAST, "training.warmup_ratio=0.25")
     assert results["status"] == "completed"
     optimizer, scheduler = seen[0]
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper

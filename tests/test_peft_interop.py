@@ -80,11 +80,11 @@ def _check_run_dir_opens_in_peft(run_dir, *, use_rslora: bool, use_dora: bool) -
 
 
 @pytest.mark.slow  # a training run each (~20 s on 2 cores); test_lora_family_adapter_dirs_open_in_peft is the fast check
-@pytest.mark.parametrize("model, use_rslora, use_dora", [("roberta_lora", False, False),
-                                                         ("roberta_rslora", True, False),
-                                                         ("roberta_dora", False, True)])
+@pytest.mark.parametrize("model, use_rslora, use_dora", [("model=roberta_lora", False, False),
+                                                         ("adapter=rslora", True, False),
+                                                         ("adapter=dora", False, True)])
 def test_lora_rslora_and_dora_run_dirs_open_in_peft(tmp_path, model, use_rslora, use_dora):
-    run_train(tmp_path, *SMALL_RUN, f"model={model}")
+    run_train(tmp_path, *SMALL_RUN, model)
     _check_run_dir_opens_in_peft(tmp_path, use_rslora=use_rslora, use_dora=use_dora)
 
 

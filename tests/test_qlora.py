@@ -86,7 +86,7 @@ def test_qlora_quantizes_every_frozen_encoder_linear_and_reports_memory():
 
 @needs_bnb
 def test_qlora_trains_end_to_end_on_cpu(tmp_path):
-    results = run_train(tmp_path, "model=roberta_qlora", *FAST, *QLORA_TINY)
+    results = run_train(tmp_path, "adapter=qlora", *FAST, *QLORA_TINY)
     mem = results["base_weight_memory"]
     expected_dtype = "float32" if not torch.cuda.is_available() else (
         "bfloat16" if torch.cuda.is_bf16_supported() else "float16")
@@ -103,7 +103,7 @@ def test_qlora_without_bitsandbytes_is_a_one_line_error(monkeypatch, tmp_path):
         apply_adapter(loaded.model, "qlora", {"r": R})
     assert "pip install 'lsr-adapt[qlora]'" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(LsrAdaptError, match="needs bitsandbytes"):
-        run_train(tmp_path, "model=roberta_qlora", *FAST, *QLORA_TINY)
+        run_train(tmp_path, "adapter=qlora", *FAST, *QLORA_TINY)
 
 
 @needs_bnb
@@ -198,5 +198,5 @@ def test_qlora_cpu_quantized_weights_move_to_cuda_unchanged():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_qlora_cuda_trains_with_the_paged_optimizer(tmp_path):
-    results = run_train(tmp_path, "model=roberta_qlora", *FAST, "model.qlora.paged_optimizer=true")  # 64 on CUDA
+    results = run_train(tmp_path, "adapter=qlora", *FAST, "model.qlora.paged_optimizer=true")  # 64 on CUDA
     assert results["status"] == "completed" and results["base_weight_memory"]["compute_dtype"] == "bfloat16"

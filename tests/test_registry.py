@@ -38,12 +38,9 @@ def test_adding_a_method_is_one_file_one_registration_one_yaml(tmp_path, monkeyp
     register_method("toy_scale", ToyScaleConfig, ToyScaleLinear)  # as a method file ends
     conf = tmp_path / "conf"
     (conf / "adapter").mkdir(parents=True)
-    (conf / "model").mkdir()
-    (conf / "adapter" / "toy_scale.yaml").write_text("init: 0.0\n")
-    (conf / "model" / "roberta_toy_scale.yaml").write_text(
-        "defaults:\n  - /backbone/roberta_base@_here_\n  - /adapter/toy_scale@toy_scale\n  - _self_\n"
-        "adaptation_type: toy_scale\n")
-    results = run_train(tmp_path / "run", f"hydra.searchpath=[file://{conf}]", "model=roberta_toy_scale", *FAST)
+    (conf / "adapter" / "toy_scale.yaml").write_text(
+        "# @package model\ntoy_scale:\n  init: 0.0\nadaptation_type: toy_scale\n")
+    results = run_train(tmp_path / "run", f"hydra.searchpath=[file://{conf}]", "adapter=toy_scale", *FAST)
     assert results["adaptation_type"] == "toy_scale"
     assert results["adapter_params"] == 4 * 32  # one scale per output of q and v in 2 layers
     assert results["trainable_params"] == 4 * 32 + results["head_params"]

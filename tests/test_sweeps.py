@@ -259,7 +259,7 @@ def test_the_direction_follows_the_task_metric():
     from lsr_adapt.hpo import direction_of
 
     assert direction_of(compose("hparams_search=optuna")) == "maximize"  # MRPC accuracy
-    assert direction_of(compose("hparams_search=optuna", "model=gpt2_lora", "data=wikitext2")) == "minimize"
+    assert direction_of(compose("hparams_search=optuna", "backbone=gpt2", "adapter=lora", "data=wikitext2")) == "minimize"
     assert direction_of(compose("hparams_search=optuna", "data.metric=loss")) == "minimize"
 
 
@@ -349,7 +349,7 @@ def test_a_pruned_trial_stops_early_says_so_and_the_report_lists_it(tmp_path):
 def test_a_perplexity_study_minimises(tmp_path):
     optuna = pytest.importorskip("optuna")
     sweep = tmp_path / "ppl"
-    main_py("experiment=smoke", "model=gpt2_lora", "data=wikitext2", "hparams_search=optuna",
+    main_py("experiment=smoke", "backbone=gpt2", "adapter=lora", "data=wikitext2", "hparams_search=optuna",
             "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}", *OPTUNA_TINY)
     study = optuna.load_study(study_name="wikitext2-lora", storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
@@ -365,7 +365,7 @@ def test_equal_budget_experiment_is_a_two_method_seed_sweep():
         cfg = hydra_compose(config_name="config", return_hydra_config=True,
                             overrides=["experiment=[smoke,equal_budget]", "budget.params=1500"])
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    assert dict(cfg.hydra.sweeper.params) == {"model": "roberta_lora,roberta_lsr", "training.seed": "0,1,2"}
+    assert dict(cfg.hydra.sweeper.params) == {"adapter": "lora,lsr", "training.seed": "0,1,2"}
     assert cfg.budget.params == 1500 and cfg.model.tiny  # composes with the smoke preset
 
 

@@ -53,7 +53,7 @@ def test_text_classification_configs_compose(name):
     assert task_type_of(d) == ("regression" if name == "stsb" else "classification")
     assert (d.num_labels, d.get("task_type")) == ((1, "regression") if name == "stsb" else
                                                   (3 if name == "mnli" else 2, "classification"))
-    smoke = compose("experiment=smoke", f"data={name}", "model=distilbert_lora")
+    smoke = compose("experiment=smoke", f"data={name}", "backbone=distilbert_sst2", "adapter=lora")
     assert smoke.data.synthetic and smoke.model.tiny and smoke.data.name == name
 
 
@@ -67,8 +67,8 @@ def test_mnli_and_imdb_splits():
 
 
 def test_distilbert_configs():
-    for model, method in [("distilbert_lora", "lora"), ("distilbert_head", "head")]:
-        m = compose(f"model={model}").model
+    for method in ("lora", "head"):
+        m = compose("backbone=distilbert_sst2", f"adapter={method}").model
         assert m.name_or_path == "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
         assert (m.family, m.target_modules, m.adaptation_type) == ("distilbert", None, method)
     # null: the architecture's default, the one source of it
@@ -109,13 +109,15 @@ def test_imdb_lora_then_head_two_stages(tmp_path):
 
 
 @pytest.mark.parametrize("model,data", [
-    ("distilbert_lora", "imdb"), ("distilbert_head", "imdb"), ("gpt2_lora", "wikitext2"), ("gpt2_lsr", "text_files"),
-    ("llama_lora", "wikitext2"), ("smollm2_lora", "text_files"), ("whisper_lora", "gw_synthetic"),
-    ("whisper_full", "gw_disk"), ("whisper_frozen", "gw_synthetic")])
+    ("backbone=distilbert_sst2 adapter=lora", "imdb"), ("backbone=distilbert_sst2 adapter=head", "imdb"),
+    ("backbone=gpt2 adapter=lora", "wikitext2"), ("backbone=gpt2 adapter=lsr", "text_files"),
+    ("backbone=llama adapter=lora", "wikitext2"), ("model=smollm2_lora", "text_files"),
+    ("backbone=whisper_small adapter=lora", "gw_synthetic"), ("model=whisper_full", "gw_disk"),
+    ("backbone=whisper_small adapter=head", "gw_synthetic")])
 def test_new_model_configs_compose_with_smoke(model, data):
     from lsr_adapt.smoke import TINY_CONFIGS
 
-    cfg = compose("experiment=smoke", f"model={model}", f"data={data}")
+    cfg = compose("experiment=smoke", *model.split(), f"data={data}")
     assert cfg.model.tiny and cfg.data.synthetic and cfg.model.family in TINY_CONFIGS
     assert get_task(cfg.data).name == {"imdb": "classification", "gw_synthetic": "gw", "gw_disk": "gw"}.get(data, "causal_lm")
 
@@ -217,7 +219,7 @@ def _mnli_on_disk(path):
 
 def test_mnli_records_matched_and_mismatched(tmp_path):
     data = _mnli_on_disk(tmp_path / "mnli")
-    res = run_train(tmp_path / "run", "data=mnli", "model=distilbert_lora", "data.synthetic=false",
+    res = run_train(tmp_path / "run", "data=mnli", "backbone=distilbert_sst2", "adapter=lora", "data.synthetic=false",
                     f"data.path={data}", *TINY)
     assert res["task_type"] == "classification" and res["test_metrics"] is None  # test labels hidden
     mism = res["extra_eval_metrics"]["validation_mismatched"]
@@ -277,7 +279,7 @@ def lora_count(layers, r=8):
 @pytest.fixture(scope="module")
 def gpt2_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpt2_run")
-    res = run_train(out, "model=gpt2_lora", "data=wikitext2", "training.num_train_epochs=3",
+    res = run_train(out, "backbone=gpt2", "adapter=lora", "data=wikitext2", "training.num_train_epochs=3",
                     "training.learning_rate=3e-2", *GPT2_DATA, "training.logging_steps=2")
     return out, res
 
@@ -305,7 +307,7 @@ def test_perplexity_matches_token_level_cross_entropy(gpt2_run):
 
     out, res = gpt2_run
     run = load_lm_run(out)
-    cfg = compose("experiment=smoke", "model=gpt2_lora", "data=wikitext2", *GPT2_DATA)
+    cfg = compose("experiment=smoke", "backbone=gpt2", "adapter=lora", "data=wikitext2", *GPT2_DATA)
     blocks = prepare_splits(cfg.data, run.tokenizer, need_train=False)["validation"]
     ids = torch.tensor(blocks["input_ids"])
     labels = torch.tensor(blocks["labels"])
@@ -420,7 +422,7 @@ def test_llama_lora_on_local_text_files(tmp_path):
     docs = _text_corpus(tmp_path, 200, seed=0)
     (tmp_path / "train.txt").write_text("\n".join(docs[:170]))
     (tmp_path / "validation.txt").write_text("\n".join(docs[170:]))
-    res = run_train(tmp_path / "run", "model=llama_lora", "data=text_files", "data.synthetic=false",
+    res = run_train(tmp_path / "run", "backbone=llama", "adapter=lora", "data=text_files", "data.synthetic=false",
                     f"data.path={tmp_path}", "training.num_train_epochs=3", "training.learning_rate=3e-2",
                     "training.logging_steps=2")
     # q_proj 32 → 32, v_proj 32 → 16 (2 key-value heads of 8), 2 layers

@@ -38,8 +38,8 @@ def test_every_shipped_config_validates(group):
 
 
 def test_shipped_combinations_validate():
-    validate_config(compose("experiment=smoke", "model=gpt2_lora", "data=wikitext2"))
-    validate_config(compose("experiment=smoke", "model=whisper_lora", "data=gw_synthetic"))
+    validate_config(compose("experiment=smoke", "backbone=gpt2", "adapter=lora", "data=wikitext2"))
+    validate_config(compose("experiment=smoke", "backbone=whisper_small", "adapter=lora", "data=gw_synthetic"))
     validate_config(compose("experiment=[smoke,equal_budget]", "budget.params=2048"))
     validate_config(compose("experiment=smoke", "hparams_search=optuna"))
     validate_config(compose("training.num_train_epochs=0"))  # evaluate only (imdb_distilbert/raw)
@@ -96,12 +96,12 @@ def test_shipped_combinations_validate():
     (["model=roberta_lsr", "model.lsr.in_factors=[-4,-8]"], "model.lsr.in_factors=[-4, -8]: must be null or two "
                                                              "positive integers"),
     (["model=roberta_lsr", "model.lsr.form=tensor"], "unknown LSR form 'tensor'; valid choices: sum, product"),
-    (["model=roberta_lora_plus", "model.lora_plus.lr_ratio=-16"], "model.lora_plus.lr_ratio=-16: must be a number > 0"),
-    (["model=roberta_dylora", "model.dylora.eval_rank=9"], "DyLoRA eval_rank must be in 1..r=8, got 9"),
-    (["model=roberta_dylora", "model.dylora.eval_rank=0"], "model.dylora.eval_rank=0: must be an integer in 1..r, or null"),
-    (["model=roberta_lsr_plus", "model.lsr_plus.lr_ratio=0"], "model.lsr_plus.lr_ratio=0: must be a number > 0"),
+    (["adapter=lora_plus", "model.lora_plus.lr_ratio=-16"], "model.lora_plus.lr_ratio=-16: must be a number > 0"),
+    (["adapter=dylora", "model.dylora.eval_rank=9"], "DyLoRA eval_rank must be in 1..r=8, got 9"),
+    (["adapter=dylora", "model.dylora.eval_rank=0"], "model.dylora.eval_rank=0: must be an integer in 1..r, or null"),
+    (["adapter=lsr_plus", "model.lsr_plus.lr_ratio=0"], "model.lsr_plus.lr_ratio=0: must be a number > 0"),
     (["model=roberta_lsr", "model.lsr.out_factors=[4]"], "model.lsr.out_factors=[4]: must be null or two positive"),
-    (["model=roberta_qlora", "model.qlora.blocksize=0"], "model.qlora.blocksize=0: must be an integer >= 1"),
+    (["adapter=qlora", "model.qlora.blocksize=0"], "model.qlora.blocksize=0: must be an integer >= 1"),
     (["model.adaptation_type=lorax"], "unknown adaptation_type 'lorax'; valid choices: dora, "),
     (["model.target_modules=[]"], "model.target_modules=[]: must be a list of layer names"),
     (["freeze_adapter=maybe"], "freeze_adapter='maybe': must be true or false"),
