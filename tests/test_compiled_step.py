@@ -177,8 +177,9 @@ def test_torch_compile_mode_reaches_training_arguments(tmp_path):
 
 @pytest.mark.parametrize("overrides,words", [
     (("training.torch_compile_mode=graphs",), ("training.torch_compile_mode='graphs'", "reduce-overhead")),
-    (("training.torch_compile_mode=reduce-overhead",), ("torch_compile_mode=reduce-overhead",
-                                                         "training.torch_compile=true")),
+    pytest.param(("training.torch_compile_mode=reduce-overhead",), ("torch_compile_mode=reduce-overhead",
+                                                                   "training.torch_compile=true"),
+                 marks=pytest.mark.slow),  # a second CLI process for the second message (in-process in test_validation)
 ])
 def test_bad_torch_compile_mode_is_one_line_error(tmp_path, overrides, words):
     proc = cli("experiment=smoke", f"output_dir={tmp_path}", "training.report_to=none", *overrides)

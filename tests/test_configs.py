@@ -73,19 +73,22 @@ def test_backbone_and_adapter_are_independent_groups():
     assert {"roberta_base", "minilm", "smollm2", "whisper_small"} <= set(backbones)
     assert {"lora", "lsr", "dora", "head", "full", "rslora", "lsr_plus"} <= set(adapters)
     default = compose().model
-    for adapter in adapters:
-        here = compose(f"adapter={adapter}").model
-        method = here.adaptation_type
-        for backbone in backbones:
-            m = compose(f"backbone={backbone}", f"adapter={adapter}").model
-            assert m.adaptation_type == method and m.get(method) == here.get(method), (backbone, adapter)
-            bb = OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml")
-            assert all(m[k] == v for k, v in bb.items() if k != "lr"), (backbone, adapter)
+    # each adapter on the default backbone, each backbone with an adapter that is not the default
+    # (every pair is these two files merged, nothing between them: one pass over each axis suffices)
+    pairs = [("roberta_base", a) for a in adapters] + [(b, "lsr") for b in backbones]
+    for backbone, adapter in pairs:
+        m = compose(f"backbone={backbone}", f"adapter={adapter}").model
+        section = OmegaConf.load(CONF / "adapter" / f"{adapter}.yaml")
+        method = m.adaptation_type
+        assert set(m) == set(OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml")) | {
+            "adaptation_type", *(k for k in section if k != "defaults")}, (backbone, adapter)
+        assert all(m[k] == v for k, v in OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml").items())
+        assert m.get(method) == compose(f"adapter={adapter}").model.get(method), (backbone, adapter)
     assert (default.name_or_path, default.adaptation_type) == ("FacebookAI/roberta-base", "lora")
     # the seed's presets: the same config as the pair they name
     assert compose("model=roberta_lsr") == compose("adapter=lsr")
     assert compose("model=roberta_lora") == compose()
-    for method in ("lora", "dora", "lora_fa", "lora_plus", "lsr", "head", "full"):
+    for method in ("lora", "lsr", "head"):  # the rest of minilm_*: test_demo_jobs_compose_to_the_measured_settings
         assert compose(f"model=minilm_{method}") == compose("backbone=minilm", f"adapter={method}"), method
     assert compose("adapter=rslora").model.lora.use_rslora and compose("adapter=rslora").model.adaptation_type == "lora"
     assert compose("backbone=minilm", "adapter=lora").model.lora.alpha == 8
@@ -127,7 +130,7 @@ def test_demo_jobs_compose_to_the_measured_settings(experiment, adapters, seeds,
     assert params["adapter"].split(",") == adapters
     assert params.get("training.seed", "42").split(",") == seeds
     for adapter in adapters:
-        for seed in seeds:
+        for seed in seeds[:1]:  # a seed changes training.seed alone (the last assertion), so one composes for all
             cfg = compose(f"experiment={experiment}", f"adapter={adapter}", f"training.seed={seed}")
             if adapter != "dylora":  # the committed demo runs recorded model=minilm_<adapter>: the same config
                 assert cfg == compose(f"experiment={experiment}", f"model=minilm_{adapter}", f"training.seed={seed}")

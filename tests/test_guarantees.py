@@ -50,6 +50,7 @@ def test_a_rerun_into_a_finished_run_dir_changes_none_of_its_files(tmp_path):
     assert _files(run) == before  # not even Hydra's record of the command or the log
 
 
+@pytest.mark.slow  # ~15 s of a real run to collide with; tests/test_refusals.py refuses a busy dir in-process
 def test_a_second_process_into_a_live_run_dir_stops_at_once(tmp_path):
     run = tmp_path / "run"
     # ~15 s of training: the second process (refused in ~3 s once the lock is seen) starts well inside it
@@ -128,6 +129,7 @@ def flipped_run(finished_run, tmp_path) -> Path:
     return run
 
 
+@pytest.mark.slow  # a run to flip a byte of; tests/test_artifacts.py refuses an edited weights file in-process
 def test_a_flipped_byte_adapter_is_refused_by_predict_unless_told(flipped_run):
     run = flipped_run
     predict = cli("--run", str(run), "--text", "bako mimi", "--text-pair", "bako lo", module="lsr_adapt.predict")
@@ -191,7 +193,7 @@ def test_dependency_lower_bounds_are_the_ones_the_code_needs():
         assert bounds[name] == minimum, (name, bounds.get(name), minimum)
 
 
-@pytest.mark.parametrize("key", ["hydra.run.dir", "output_dir"])
+@pytest.mark.parametrize("key", ["hydra.run.dir", pytest.param("output_dir", marks=pytest.mark.slow)])
 def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path, key):
     blocker = tmp_path / "a_file"  # a file where a directory should be: not creatable, even for root
     blocker.write_text("")
@@ -203,7 +205,7 @@ def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path, key):
 @pytest.mark.parametrize("args, words", [
     (["--text", "bako", "--device", "gpu"], ["--device 'gpu': not a device name"]),
     pytest.param(["--text", "bako", "--device", "cuda"], ["--device 'cuda': this machine has no cuda device"],
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+                 marks=[pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"), pytest.mark.slow]),
     pytest.param(["--eval-split", "test", "--data", "nosuch=1"], ["--data nosuch=1", "has no key 'nosuch'"],
                  marks=pytest.mark.slow),
 ])

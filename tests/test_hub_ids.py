@@ -120,7 +120,8 @@ def test_code_defaults_name_canonical_ids():
 # -- a user's single-segment id -----------------------------------------------------------------------
 @pytest.mark.parametrize(("override", "canonical"), [
     ("data.path=glue", "data.path=nyu-mll/glue"),
-    ("model.name_or_path=roberta-base", "model.name_or_path=FacebookAI/roberta-base"),
+    pytest.param("model.name_or_path=roberta-base", "model.name_or_path=FacebookAI/roberta-base",
+                 marks=pytest.mark.slow),  # the same check on the model id; in-process above
 ])
 def test_a_single_segment_id_is_one_line_naming_the_canonical_form(tmp_path, override, canonical):
     """Through the CLI, before any model loads (config validation), never datasets' HfUriError."""

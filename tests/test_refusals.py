@@ -38,3 +38,16 @@ def test_another_sweep_into_a_used_sweep_dir_is_refused_and_the_first_record_kep
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
     assert _tree(sweep)["multirun.yaml"] == before["multirun.yaml"]
     assert _tree(sweep)["0/results.json"] == before["0/results.json"]
+
+
+def test_a_busy_run_dir_is_refused_while_another_claim_holds_it(tmp_path):
+    """In-process twin of test_guarantees' two-process collision (-m slow): the run dir's lock, held,
+    refuses a second claim at once with the one line; released, the dir can be claimed again."""
+    from lsr_adapt.errors import LsrAdaptError
+    from lsr_adapt.training.rundir import claim
+
+    run = tmp_path / "run"
+    with claim(run), pytest.raises(LsrAdaptError, match="is in use by another running process"), claim(run):
+        pass
+    with claim(run):
+        pass

@@ -51,6 +51,7 @@ def main_py_failing(*args: str, timeout: int = 420) -> subprocess.CompletedProce
     return out
 
 
+@pytest.mark.slow  # a three-job sweep through the CLI (~10 s of the 2-core default budget)
 def test_sweep_goes_on_past_a_failed_job_and_exits_non_zero(tmp_path):
     """Issue 14 item 7: r=0 is a bad value; job 0 fails, job 1 (r=4) still runs, the report (the
     report callback, added here the way experiment=demo adds it) lists the failure, and the sweep

@@ -154,6 +154,7 @@ def test_report_to_takes_a_list_and_any_integration_transformers_supports():
         tracker_names(*tracking("training.report_to=[none,tensorboard]"))
 
 
+@pytest.mark.slow  # a CLI process with a package hidden (~7 s); tracker_names refuses it in-process above
 def test_an_integration_whose_package_is_missing_is_one_line_before_anything_loads(tmp_path):
     from helpers import assert_one_line_error, cli
     from transformers.integrations.integration_utils import get_available_reporting_integrations

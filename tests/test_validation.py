@@ -29,7 +29,7 @@ def _options(group: str) -> list[str]:
 
 # -- every shipped config is valid ------------------------------------------------------------------
 
-@pytest.mark.parametrize("group", ["model", "data", "experiment"])
+@pytest.mark.parametrize("group", ["backbone", "adapter", "model", "data", "experiment"])
 def test_every_shipped_config_validates(group):
     """No config in conf/ uses a key the schema does not declare, or a value it refuses."""
     for option in _options(group):
@@ -202,14 +202,16 @@ def test_unreachable_hub_through_the_loaders(monkeypatch):
 
 @pytest.mark.parametrize("overrides, wanted", [
     (["training.learning_rate=-1.0"], "training.learning_rate=-1.0: must be a number > 0"),
-    (["training.learning_rate=fast"], "training.learning_rate='fast': must be a number > 0"),
-    (["training.batch_size=0"], "training.batch_size=0: must be an integer >= 1"),
-    (["model.lora.dropout=2"], "model.lora.dropout=2: must be a number in [0, 1)"),
-    (["training.lr_scheduler=cosinus"], "training.lr_scheduler='cosinus'; valid choices: linear, cosine"),
-    (["training.gradient_accumulation_steps=0"], "training.gradient_accumulation_steps=0: must be an integer >= 1"),
-    (["training.num_train_epochs=-2"], "training.num_train_epochs=-2: must be a number >= 0"),
-    (["data.max_length=0"], "data.max_length=0: must be an integer >= 1"),
-    (["+training.lr=1e-4"], "unknown key training.lr; valid keys:"),
+    # the same messages in-process above (test_bad_values_are_one_line_...); through the CLI in -m slow
+    *[pytest.param(o, w, marks=pytest.mark.slow) for o, w in [
+        (["training.learning_rate=fast"], "training.learning_rate='fast': must be a number > 0"),
+        (["training.batch_size=0"], "training.batch_size=0: must be an integer >= 1"),
+        (["model.lora.dropout=2"], "model.lora.dropout=2: must be a number in [0, 1)"),
+        (["training.lr_scheduler=cosinus"], "training.lr_scheduler='cosinus'; valid choices: linear, cosine"),
+        (["training.gradient_accumulation_steps=0"], "training.gradient_accumulation_steps=0: must be an integer >= 1"),
+        (["training.num_train_epochs=-2"], "training.num_train_epochs=-2: must be a number >= 0"),
+        (["data.max_length=0"], "data.max_length=0: must be an integer >= 1")]],
+    pytest.param(["+training.lr=1e-4"], "unknown key training.lr; valid keys:", marks=pytest.mark.slow),
 ])
 def test_cli_bad_config_values(tmp_path, overrides, wanted):
     run_dir, other = tmp_path / "run", tmp_path / "other_run"  # a finished run beside it: never touched
