@@ -9,6 +9,15 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    """An xdist worker (the default suite runs on two, ``-n 2`` in pyproject.toml): one intra-op thread
+    each, and for the CLI processes its tests start. On the tiny test models a second thread costs more
+    than it gives, and two single-threaded workers keep both cores busy: 290 s -> 155 s on 2 cores."""
+    if hasattr(config, "workerinput"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_cache(tmp_path_factory):
     """Tiny checkpoints and synthetic data go to a per-session dir (subprocesses inherit it)."""
