@@ -127,13 +127,13 @@ def test_demo_jobs_compose_to_the_measured_settings(experiment, adapters, seeds,
     """Every job of the sweep: the settings docs/results.md reports (LoRA family r=8 α=16, LSR r=4
     t=5 α=64, lr 1e-3, full fine-tuning's own lr, head-only's pooling, epochs, max length, batches)."""
     params = sweeper_params(f"experiment={experiment}")
-    assert params["adapter"].split(",") == adapters
+    assert params["model"].split(",") == [f"minilm_{a}" for a in adapters]  # presets: what the runs recorded
     assert params.get("training.seed", "42").split(",") == seeds
     for adapter in adapters:
         for seed in seeds[:1]:  # a seed changes training.seed alone (the last assertion), so one composes for all
             cfg = compose(f"experiment={experiment}", f"adapter={adapter}", f"training.seed={seed}")
-            if adapter != "dylora":  # the committed demo runs recorded model=minilm_<adapter>: the same config
-                assert cfg == compose(f"experiment={experiment}", f"model=minilm_{adapter}", f"training.seed={seed}")
+            # the sweep's own job (model=minilm_<adapter>, as the committed runs recorded) is that config
+            assert cfg == compose(f"experiment={experiment}", f"model=minilm_{adapter}", f"training.seed={seed}")
             m = cfg.model
             assert m.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
             assert m.adaptation_type == adapter
@@ -201,10 +201,26 @@ def test_each_demo_job_composes_to_the_settings_the_readme_names():
         lr = re.search(r"lr ([0-9.e-]+)", col)
         assert float(cfg.training.learning_rate) == pytest.approx(float(lr.group(1)) if lr else 1e-3), col
         assert m.pooling == ("mean" if "mean pooling" in col else "cls"), col
-    assert sorted(adapters) == sorted(sweeper_params("experiment=demo")["adapter"].split(","))
+    assert sorted(f"minilm_{a}" for a in adapters) == sorted(sweeper_params("experiment=demo")["model"].split(","))
 
     report = {r["method"]: r for r in csv.DictReader((CONF.parent / "docs" / "demo" / "report.csv").open())}
     by_label = {r[0]: r[1:] for r in rows}
     for adapter, val, test in zip(adapters, by_label["best validation accuracy"], by_label["test accuracy"]):
         row = report[adapter]
         assert (val, test) == (f"{float(row['best_mean']):.3f}", f"{float(row['test_mean']):.3f}"), adapter
+
+
+def test_no_experiment_sweeps_presets_and_groups_together():
+    """A sweep over model= presets and adapter= (or backbone=) at once would multiply them, and each job's
+    adapter= would beat its preset's own choice: an experiment that inherits another's sweep (frontier,
+    lsr_stability from demo_full) replaces the list under the same key."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    names = sorted(str(p.relative_to(CONF / "experiment"))[:-5] for p in (CONF / "experiment").rglob("*.yaml"))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name in names:
+            cfg = hydra_compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
+            params = set(cfg.hydra.sweeper.get("params") or {})
+            assert not ("model" in params and {"adapter", "backbone"} & params), (name, params)
+    assert {"model", "training.seed"} <= set(sweeper_params("experiment=frontier"))  # the guard sees sweeps
