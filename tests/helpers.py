@@ -36,6 +36,15 @@ def sweeper_params(*overrides: str) -> dict:
     return {k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.sweeper.params).items()}
 
 
+def resolved_data(data_cfg):
+    """A composed ``data`` section as a run loads it: a generated sample or an asset resolved to its
+    files (``sources.resolve_data``, what train() and predict do when they start)."""
+    from lsr_adapt.sources import resolve_data
+    from lsr_adapt.tasks import get_task
+
+    return resolve_data(data_cfg, get_task(data_cfg))
+
+
 def run_train(tmp_path: Path, *overrides: str) -> dict:
     """``train(cfg)`` on a composed smoke config, writing into ``tmp_path``."""
     from lsr_adapt.training import train

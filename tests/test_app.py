@@ -107,17 +107,20 @@ def test_the_best_epoch_is_what_gets_saved(tmp_path):
     """The saved weights are the best epoch's, not the last one's."""
     from lsr_adapt.artifacts import artifact_from_dir
     from lsr_adapt.data import prepare_splits
-    from lsr_adapt.modeling import load_classifier, model_path_of, prepare_model
+    from lsr_adapt.modeling import load_classifier, prepare_model
+    from lsr_adapt.sources import resolve_sources
+    from lsr_adapt.tasks import get_task
 
     results = run_train(tmp_path, "training.num_train_epochs=3")
     cfg = compose("experiment=smoke")
-    loaded = load_classifier(model_path_of(cfg.model), 2)
+    sources = resolve_sources(cfg.model, cfg.data, get_task(cfg.data))
+    loaded = load_classifier(sources.model_path, 2)
     prepare_model(loaded, "lora", None, ["query", "value"])
     # the file's tensors under lsr-adapt's names (a LoRA run dir holds peft's), put in by hand
     state = artifact_from_dir(tmp_path).tensors
     missing = loaded.model.load_state_dict(state, strict=False)
     assert not missing.unexpected_keys and state
-    splits = prepare_splits(cfg.data, loaded.tokenizer)
+    splits = prepare_splits(sources.data, loaded.tokenizer)
     val = splits["validation"]
     from transformers import DataCollatorWithPadding
 

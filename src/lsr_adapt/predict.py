@@ -28,6 +28,8 @@ from .errors import LsrAdaptError
 from .iofiles import write_json, write_text
 from .modeling import check_max_length, position_limit
 from .outpaths import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RUN_CONFIG, check_output_file
+from .sources import resolve_data
+from .tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -174,20 +176,19 @@ def evaluate_split(run: LoadedRun, split: str, data_overrides=(), batch_size: in
             raise LsrAdaptError(f"--data {item}: the run's data config has no key {key.split('.')[0]!r}; "
                                 f"its keys: {', '.join(sorted(data_cfg))}")
         OmegaConf.update(data_cfg, key, yaml.safe_load(value) if value else None, merge=False)
+    # a generated sample or an asset: the files training read (the same sample: the cache keeps it);
+    # its splits are the ones training generated, never one made up for --eval-split
+    data_cfg = resolve_data(data_cfg, get_task(data_cfg))
     splits = dict(data_cfg.get("splits") or {"train": "train", "validation": "validation", "test": "test"})
-    if data_cfg.get("synthetic"):  # generated data: only the splits training generated (no new one)
-        generated = sorted({splits[r] for r in (data_cfg.get("synthetic_sizes") or splits) if splits.get(r)})
-        if split not in generated:
-            raise LsrAdaptError(f"--eval-split {split!r}: the run's generated dataset has no split {split!r}; "
-                                f"its splits are {generated}")
     role = next((r for r, name in splits.items() if name == split), split if split in splits else None)
     if role is None:  # another split of the dataset (e.g. validation_mismatched): evaluate it as the test role
         role, splits["test"] = "test", split
     all_splits = dict(splits)
-    if not data_cfg.get("synthetic") and not data_cfg.get("validation_from_train"):
-        # splits that are not evaluated need no tokenising (generated data and a carved validation
-        # split depend on every split, so those keep them all)
+    if not data_cfg.get("validation_from_train"):
+        # splits that are not evaluated need no tokenising (a carved validation split depends on
+        # the train split, so that keeps them all)
         splits = {r: n for r, n in splits.items() if r in (role, "validation")}
+    data_cfg = OmegaConf.create(OmegaConf.to_container(data_cfg))  # writable (a resolved section is not)
     data_cfg.splits = splits
     if data_cfg.get("max_length") is not None:  # e.g. --data max_length=1000: more than the model's positions
         check_max_length(run.model.config, data_cfg.max_length, "--data max_length")

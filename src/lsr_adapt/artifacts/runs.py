@@ -11,8 +11,8 @@ from torch import nn
 
 from ..adapters import adapter_layers, get_method
 from ..errors import LsrAdaptError, first_line
-from ..modeling import model_path_of
 from ..outpaths import RUN_CONFIG
+from ..sources import model_path_of
 from ..tasks import get_task
 from .bank import load_adapter
 from .format import FUNCTION_NEUTRAL_OPTIONS, adapter_files, config_dict, is_peft_config, read_adapter_config

@@ -8,7 +8,10 @@
 * ``collator(tokenizer, data_cfg)`` (``data.pad_to_max_length``: static batch shapes), ``compute_metrics(metric_names, data_cfg)`` (None: metrics come from the loss),
 * ``loss_metrics``: metrics computed from the evaluation loss, or None (the causal LM's perplexity;
   such evaluations keep no logits),
-* ``training_args(data_cfg)``: extra ``TrainingArguments`` (the GW task's label names).
+* ``training_args(data_cfg)``: extra ``TrainingArguments`` (the GW task's label names),
+* ``synthetic(data_cfg, parts) -> data overrides``: the task's stand-in data (``data.synthetic``),
+  generated once into the cache as files of its own format, ``parts`` = ``[({split: rows}, seed), ...]``;
+  returns the ``data_files`` / ``path`` that point at them (``sources.resolve_data``).
 
 Task types (``data.task_type``; docs/tasks.md):
 
@@ -49,6 +52,7 @@ class Task:
     prepare_splits: Callable[..., dict]
     collator: Callable[[Any, Any], Any]  # (tokenizer, data_cfg)
     compute_metrics: Callable[[list[str], Any], Callable | None]
+    synthetic: Callable[[Any, list], dict]  # (data_cfg, [({split: rows}, seed), ...]) -> data_files / path
     training_args: Callable[[Any], dict] = _no_training_args  # extra TrainingArguments for this task
     loss_metrics: Callable[[float], dict] | None = None  # e.g. {"perplexity": exp(loss)}
 
@@ -82,16 +86,15 @@ def extra_eval_datasets(task: Task, data_cfg, tokenizer, seed: int) -> dict:
     from omegaconf import OmegaConf
 
     out = {}
-    for i, name in enumerate(data_cfg.get("extra_eval_splits") or []):
+    for name in data_cfg.get("extra_eval_splits") or []:
         name = str(name)
         if name in SPLIT_ROLES:
             raise LsrAdaptError(f"data.extra_eval_splits names a role ({name!r}); list dataset split names "
                                 f"other than those in data.splits, e.g. validation_mismatched")
-        # generated smoke data: another seed, so the extra split is not a copy of the first train rows
+        # generated data holds the extra splits too (sources.synthetic_parts: each at a seed of its own)
         plain = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))  # not struct: keys may be new
         cfg = OmegaConf.merge(plain, {"splits": {"train": None, "validation": name, "test": None},
-                                         "validation_from_train": None,
-                                         "seed": int(data_cfg.get("seed") or 0) + 1 + i})
+                                         "validation_from_train": None})
         out[name] = task.prepare_splits(cfg, tokenizer, seed=seed, need_train=False)["validation"]
     return out
 

@@ -134,16 +134,19 @@ def synthetic_text_files(sizes: dict[str, int], seed: int = 0) -> dict[str, str]
     return {split: str(out / f"{split}.jsonl") for split in sizes}
 
 
-def _raw(data_cfg):
-    from ..data import _load_files, load_raw, synthetic_sizes, validation_from_train
+def _synthetic(data_cfg, parts) -> dict:
+    """Pseudo-word documents (``synthetic_text_files``) for each (sizes, seed) part; the sample has a
+    validation split of its own, so none is carved from its train split."""
+    files = {}
+    for sizes, seed in parts:
+        files.update(synthetic_text_files(sizes, seed=seed))
+    return {"data_files": files, "validation_from_train": None}
 
-    splits = dict(data_cfg.get("splits") or {"train": "train", "validation": "validation", "test": "test"})
-    if data_cfg.get("synthetic"):
-        sizes = synthetic_sizes(data_cfg)
-        files = synthetic_text_files({splits[k]: v for k, v in sizes.items() if splits.get(k)},
-                                     seed=int(data_cfg.get("seed") or 0))
-        return _load_files(files), splits
-    if not data_cfg.get("data_files") and not data_cfg.get("path") and not data_cfg.get("asset"):
+
+def _raw(data_cfg):
+    from ..data import load_raw, validation_from_train
+
+    if not data_cfg.get("data_files") and not data_cfg.get("path"):
         raise LsrAdaptError(f"data={data_cfg.get('name')} needs data.data_files={{train: FILE, validation: FILE}} "
                             f"(.txt or .jsonl) or data.path=DIR holding train/validation files")
     return validation_from_train(*load_raw(data_cfg), data_cfg)
@@ -238,4 +241,4 @@ def _loss_metrics(loss: float) -> dict:
 
 
 def make_task(name: str) -> Task:
-    return Task(name, _load, prepare_splits, _collator, _compute_metrics, loss_metrics=_loss_metrics)
+    return Task(name, _load, prepare_splits, _collator, _compute_metrics, _synthetic, loss_metrics=_loss_metrics)

@@ -37,6 +37,19 @@ def _prepare_splits(data_cfg, tokenizer, seed: int = 0, need_train: bool = True)
     return prepare_splits(data_cfg, tokenizer, seed=seed, need_train=need_train)
 
 
+def _synthetic(data_cfg, parts) -> dict:
+    """JSON-lines files in the data config's format (its text fields, label field and labels) with a
+    signal a tiny model learns (``smoke.synthetic_files``): one set of files per (sizes, seed) part."""
+    from ..smoke import synthetic_files
+
+    labels = list(data_cfg.get("label_names") or []) or None
+    files = {}
+    for sizes, seed in parts:
+        files.update(synthetic_files(list(data_cfg.text_fields), data_cfg.label_field, int(data_cfg.num_labels),
+                                     sizes, seed=seed, label_values=labels))
+    return {"data_files": files}
+
+
 def _collator(tokenizer, data_cfg=None):
     from transformers import DataCollatorWithPadding
 
@@ -57,4 +70,4 @@ def _compute_metrics(names, data_cfg=None):
 
 
 def make_task(name: str) -> Task:
-    return Task(name, _load, _prepare_splits, _collator, _compute_metrics)
+    return Task(name, _load, _prepare_splits, _collator, _compute_metrics, _synthetic)

@@ -141,28 +141,48 @@ def load_detector(name_or_path: str, data_cfg, model_cfg=None):
 
 
 # -- data ----------------------------------------------------------------------------------------------
-def _synthetic_split(data_cfg, split: str, n: int):
-    from datasets import Dataset
+def _synthetic(data_cfg, parts) -> dict:
+    """The generated strain (``gw_data.generate``) of every (sizes, seed) part as one
+    ``save_to_disk`` directory in the cache, keyed by what generates it (the waveform as resolved:
+    ``auto`` is pycbc's only where pycbc is installed); the sample has a validation split of its own."""
+    import hashlib
+    import json
+    from dataclasses import asdict
 
-    from .gw_data import GWParams, generate
+    from datasets import Dataset, DatasetDict
 
-    d = generate(GWParams.from_config(data_cfg), n, seed=int(data_cfg.get("seed") or 0), split=split)
-    log.info("gw_synthetic %s: %d samples (%d with a %s chirp)", split, n, int(d["labels"].sum()), d["waveform"])
-    return Dataset.from_dict({k: d[k] for k in ("h1_timeseries", "l1_timeseries", "labels", "injection_snr")})
+    from ..iofiles import publish_dir
+    from ..smoke import cache_dir
+    from .gw_data import GWParams, generate, use_pycbc
+
+    params = GWParams.from_config(data_cfg)
+    key = json.dumps(["gw", asdict(params), use_pycbc(params), parts], sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+
+    def build(tmp):
+        splits = {}
+        for sizes, seed in parts:
+            for split, n in sizes.items():
+                d = generate(params, int(n), seed=int(seed), split=split)
+                log.info("gw_synthetic %s: %d samples (%d with a %s chirp)", split, n, int(d["labels"].sum()),
+                         d["waveform"])
+                splits[split] = Dataset.from_dict({k: d[k] for k in FIELDS})
+        DatasetDict(splits).save_to_disk(str(tmp))
+
+    out = publish_dir(build, cache_dir() / "synthetic" / f"gw-{digest}", if_exists="keep")
+    return {"path": str(out), "validation_from_train": None}
 
 
 def _raw(data_cfg) -> tuple[dict, dict]:
     """{split name: Dataset} in the reference layout, and the role → split name mapping."""
-    splits = dict(data_cfg.get("splits") or {"train": "train", "validation": "validation", "test": "test"})
-    if data_cfg.get("synthetic"):
-        from ..data import synthetic_sizes
-
-        sizes = synthetic_sizes(data_cfg)
-        return {splits[r]: _synthetic_split(data_cfg, splits[r], int(n)) for r, n in sizes.items() if splits.get(r)}, splits
     from pathlib import Path
 
     from datasets import Dataset, DatasetDict, load_from_disk
 
+    from ..data import check_resolved
+
+    check_resolved(data_cfg)
+    splits = dict(data_cfg.get("splits") or {"train": "train", "validation": "validation", "test": "test"})
     path = data_cfg.get("path")
     if not path or not Path(str(path)).expanduser().exists():
         raise LsrAdaptError(f"data.path {path!r} is not a datasets.save_to_disk directory "
@@ -276,4 +296,4 @@ def _training_args(data_cfg) -> dict:
 
 
 def make_task(name: str) -> Task:
-    return Task(name, load_detector, prepare_splits, _collator, _compute_metrics, _training_args)
+    return Task(name, load_detector, prepare_splits, _collator, _compute_metrics, _synthetic, _training_args)

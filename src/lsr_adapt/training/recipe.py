@@ -1,7 +1,7 @@
 """``train(cfg)``: one fine-tuning run from a composed Hydra config, as a short list of named phases.
 
-    validate → claim the run dir → model + adapter → data → tracker → trainer → evaluate before →
-    fit → evaluate the best weights → record → save
+    validate → claim the run dir → sources → model + adapter → data → tracker → trainer →
+    evaluate before → fit → evaluate the best weights → record → save
 
 Each phase is one function below with one job; ``train`` reads as the recipe. The config flows down:
 ``validate`` checks the whole config once and returns its sections (``config_schema.RunConfig``), and
@@ -31,8 +31,9 @@ from ..distributed import assign_, barrier, gather_full_weights, is_main_process
 from ..errors import LsrAdaptError
 from ..iofiles import write_json, writing
 from ..metrics import higher_is_better
-from ..modeling import LoadedModel, freeze_adapter, model_path_of, parameter_counts, prepare_model
+from ..modeling import LoadedModel, freeze_adapter, parameter_counts, prepare_model
 from ..outpaths import RESULTS
+from ..sources import Sources, resolve_sources
 from ..tasks import Task, evaluate_extra, extra_eval_datasets, get_task
 from ..tracking import Tracking, start_tracking, tracker_names
 from . import compat
@@ -59,14 +60,15 @@ def train(cfg: DictConfig) -> dict:
         start_records(out_dir, record)
         set_seed(int(training_cfg.seed))
         task = get_task(data_cfg)
-        built = build_model(model_cfg, data_cfg, sections.budget, sections.run, training_cfg, task)
-        splits, extra_eval = build_data(data_cfg, training_cfg, task, built.tokenizer)
+        sources = resolve_sources(model_cfg, data_cfg, task)  # stand-ins and assets: files on disk
+        built = build_model(model_cfg, sources, sections.budget, sections.run, training_cfg, task)
+        splits, extra_eval = build_data(sources.data, training_cfg, task, built.tokenizer)
         tracking = open_tracking(sections.logger, training_cfg, out_dir, resolved)
-        run = build_trainer(training_cfg, data_cfg, task, built, splits, tracking, out_dir, resume_from, record)
+        run = build_trainer(training_cfg, sources.data, task, built, splits, tracking, out_dir, resume_from, record)
         before = evaluate_before(run, built, extra_eval)
         fit(training_cfg, run, resume_from)
         outcome = evaluate_best(run, built, splits, extra_eval, before, resume_from)
-        results = results_record(model_cfg, data_cfg, training_cfg, sections.run.freeze_adapter, built, task.name,
+        results = results_record(data_cfg, training_cfg, sections.run.freeze_adapter, built, task.name,
                                  outcome, run.precision, majority_class(task.name, splits))
         mark_pruned(results)  # an Optuna trial its pruner stopped early says so (training/pruning.py)
         save_run(out_dir, built, results, adapter_meta(model_cfg, data_cfg, built, task.name, built.init_info))
@@ -101,6 +103,7 @@ class BuiltModel:
     method: AdapterMethod
     method_values: dict  # the model.<method> section as configured (after budget matching)
     name_or_path: str  # where the weights were loaded from
+    model_name: str  # the configured model, as results.json names it (sources.Sources.model_name)
     counts: dict
     head_names: list[str]
     init_info: dict | None = None
@@ -114,17 +117,18 @@ class BuiltModel:
         return self.loaded.tokenizer
 
 
-def build_model(mcfg: DictConfig, dcfg: DictConfig, budget_cfg: DictConfig | None, init: RunSection,
+def build_model(mcfg: DictConfig, sources: Sources, budget_cfg: DictConfig | None, init: RunSection,
                 training_cfg: DictConfig, task: Task) -> BuiltModel:
-    """The task's model class from the checkpoint, the method's adapter around its target layers,
-    and what trains: budget matching (``budget``), ``init_from`` / ``init_from_checksum`` /
-    ``freeze_adapter`` (``init``: the root's), ``training.disable_dropout``."""
+    """The task's model class from the checkpoint ``sources`` resolved (with its data section: the
+    label count, the GW window), the method's adapter around its target layers, and what trains: budget
+    matching (``budget``), ``init_from`` / ``init_from_checksum`` / ``freeze_adapter`` (``init``: the
+    root's), ``training.disable_dropout``."""
     adaptation_type = str(mcfg.adaptation_type)
     method = get_method(adaptation_type)
     section = mcfg.get(adaptation_type)
     method_values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
-    name_or_path = model_path_of(mcfg)
-    loaded = task.load(name_or_path, dcfg, mcfg)
+    dcfg = sources.data
+    loaded = task.load(sources.model_path, dcfg, mcfg)
     target_modules = mcfg.target_modules
     if target_modules is not None and not isinstance(target_modules, str):
         target_modules = list(target_modules)
@@ -132,7 +136,8 @@ def build_model(mcfg: DictConfig, dcfg: DictConfig, budget_cfg: DictConfig | Non
         method_values = apply_budget(loaded, adaptation_type, method_values, target_modules, budget_cfg)
     prepared = prepare_model(loaded, adaptation_type, method_values, target_modules)
     counts = dict(prepared.counts)  # updated below by freeze_adapter; results.json records it as it ends
-    built = BuiltModel(loaded, adaptation_type, method, method_values, name_or_path, counts, prepared.head_names)
+    built = BuiltModel(loaded, adaptation_type, method, method_values, sources.model_path, sources.model_name, counts,
+                       prepared.head_names)
     if init.init_from:  # continue from a saved adapter (+ head when the label count matches)
         built.init_info = init_from_run(built.model, init.init_from, adaptation_type, loaded.method_config,
                                         int(dcfg.num_labels), check_checksum=bool(init.init_from_checksum))

@@ -67,15 +67,15 @@ def majority_class(task_name: str, splits: dict) -> dict | None:
     return {"label": label, **rates}
 
 
-def results_record(mcfg: DictConfig, dcfg: DictConfig, tcfg: DictConfig, freeze_adapter, built, task_name: str,
+def results_record(dcfg: DictConfig, tcfg: DictConfig, freeze_adapter, built, task_name: str,
                    outcome: dict, precision: str, majority: dict | None = None) -> dict:
-    """``results.json``: the run's config in brief (from the ``model``, ``data`` and ``training``
-    sections and the root's ``freeze_adapter``), parameter counts, metrics, time, memory, versions."""
+    """``results.json``: the run's config in brief (the model as configured, ``built.model_name``; the
+    ``data`` and ``training`` sections; the root's ``freeze_adapter``), parameter counts, metrics, time, memory, versions."""
     peak_mb, peak_kind = peak_memory()
     extra = outcome["extra"]
     return {
         "adaptation_type": built.adaptation_type,
-        "model_name": str(mcfg.name_or_path) + (" (tiny random-init)" if mcfg.tiny else ""),
+        "model_name": built.model_name,
         "task": str(dcfg.name),
         "task_type": task_name,
         **built.counts,
