@@ -85,6 +85,9 @@ def test_shipped_combinations_validate():
     (["data.text_fields=sentence1"], "data.text_fields='sentence1': must be a list of column names"),
     (["data.label_names=[a,b,c]"], "data.label_names=['a', 'b', 'c'] has 3 names but data.num_labels=2"),
     (["data.metric=auc"], "unknown metric 'auc'; valid choices:"),
+    (["data=drug_reviews", "data.asset=drug_revues"], "data.asset='drug_revues'; valid choices: drug_reviews, or null"),
+    (["++model.asset=minilm6"], "model.asset='minilm6'; valid choices: minilm, smollm2, or null"),
+    (["++model.asset=drug_reviews"], "model.asset='drug_reviews'; valid choices: minilm, smollm2, or null"),
     (["data.task_type=ner"], "unknown data.task_type 'ner'; valid choices: classification"),
     (["model.lora.dropout=2"], "model.lora.dropout=2: must be a number in [0, 1)"),
     (["model.lora.r=0"], "model.lora.r=0: must be an integer >= 1"),
@@ -210,7 +213,8 @@ def test_unreachable_hub_through_the_loaders(monkeypatch):
         (["training.lr_scheduler=cosinus"], "training.lr_scheduler='cosinus'; valid choices: linear, cosine"),
         (["training.gradient_accumulation_steps=0"], "training.gradient_accumulation_steps=0: must be an integer >= 1"),
         (["training.num_train_epochs=-2"], "training.num_train_epochs=-2: must be a number >= 0"),
-        (["data.max_length=0"], "data.max_length=0: must be an integer >= 1")]],
+        (["data.max_length=0"], "data.max_length=0: must be an integer >= 1"),
+        (["data=drug_reviews", "data.asset=drug_revues"], "data.asset='drug_revues'; valid choices: drug_reviews")]],
     pytest.param(["+training.lr=1e-4"], "unknown key training.lr; valid keys:", marks=pytest.mark.slow),
 ])
 def test_cli_bad_config_values(tmp_path, overrides, wanted):

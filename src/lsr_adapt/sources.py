@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from .data import SPLIT_ROLES, synthetic_sizes
-from .errors import LsrAdaptError
 from .smoke import tiny_checkpoint
 from .tasks import Task
 
@@ -60,7 +59,9 @@ def resolve_data(data_cfg, task: Task):
     if data_cfg.get("synthetic"):
         where = task.synthetic(data_cfg, synthetic_parts(data_cfg))
     elif data_cfg.get("asset"):
-        where = {"path": str(_data_asset_dir(str(data_cfg.asset)))}
+        from .assets import data_dir  # here: `python -m lsr_adapt.assets` must not find it imported
+
+        where = {"path": str(data_dir(str(data_cfg.asset)))}
     else:
         return data_cfg
     resolved = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True)),
@@ -82,12 +83,3 @@ def synthetic_parts(data_cfg) -> list[tuple[dict[str, int], int]]:
             if str(name) not in parts[0][0]:  # a role's name is refused by tasks.extra_eval_datasets
                 parts.append(({str(name): int(sizes["validation"])}, seed + 1 + i))
     return parts
-
-
-def _data_asset_dir(name: str):
-    from .assets import drug_reviews_dir  # here: `python -m lsr_adapt.assets` must not find it imported
-
-    loaders = {"drug_reviews": drug_reviews_dir}
-    if name not in loaders:
-        raise LsrAdaptError(f"unknown data.asset {name!r}; valid choices: {', '.join(loaders)}")
-    return loaders[name]()
