@@ -52,6 +52,14 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def generated_sample(kind: str, key, build) -> Path:
+    """The cache directory of one generated sample, built once (``build(tmp_dir)`` writes its files)
+    and published whole: ``<cache>/synthetic/<kind>-<digest>``, the digest of ``key``, which lists
+    everything that generates the sample (so a changed setting is a new directory, never stale rows)."""
+    digest = hashlib.sha1(json.dumps([kind, key], sort_keys=True).encode()).hexdigest()[:12]
+    return publish_dir(build, cache_dir() / "synthetic" / f"{kind}-{digest}", if_exists="keep")
+
+
 def tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -104,9 +112,6 @@ def synthetic_files(text_fields, label_field: str, num_labels: int, sizes: dict[
     second text copies a label-dependent share of the first (paraphrase / entailment style).
     ``num_labels == 1`` makes a regression target in [0, 5] (STS-B style) from that share.
     """
-    key = json.dumps([list(text_fields), label_field, num_labels, sizes, seed, label_values], sort_keys=True)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-
     def build(tmp: Path):
         rng = random.Random(seed)
         n_cls = max(num_labels, 2)
@@ -118,7 +123,7 @@ def synthetic_files(text_fields, label_field: str, num_labels: int, sizes: dict[
                     f.write(json.dumps(_example(rng, text_fields, label_field, num_labels, n_cls, markers,
                                                 filler, label_values)) + "\n")
 
-    out = publish_dir(build, cache_dir() / "synthetic" / digest, if_exists="keep")
+    out = generated_sample("rows", [list(text_fields), label_field, num_labels, sizes, seed, label_values], build)
     return {split: str(out / f"{split}.jsonl") for split in sizes}
 
 

@@ -25,7 +25,6 @@ is the split's token-level perplexity (tests/test_tasks.py checks it against a h
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -112,11 +111,7 @@ def synthetic_text_files(sizes: dict[str, int], seed: int = 0) -> dict[str, str]
     ``seed``) taken with probabilities 0.55 / 0.25 / 0.15 / 0.05, so the best possible perplexity
     is about exp(H) = exp(1.14) ≈ 3.1 per word, against ≈ 205 for a model that knows nothing.
     """
-    from ..iofiles import publish_dir
-    from ..smoke import WORDS, cache_dir
-
-    key = json.dumps(["causal_lm", sizes, seed], sort_keys=True)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    from ..smoke import WORDS, generated_sample
 
     def build(tmp: Path):
         rng = random.Random(seed)
@@ -130,7 +125,7 @@ def synthetic_text_files(sizes: dict[str, int], seed: int = 0) -> dict[str, str]
                         word = rng.choices(successors[word], weights=[0.55, 0.25, 0.15, 0.05])[0]
                     f.write(json.dumps({"text": " ".join(words)}) + "\n")
 
-    out = publish_dir(build, cache_dir() / "synthetic" / f"lm-{digest}", if_exists="keep")
+    out = generated_sample("lm", [sizes, seed], build)
     return {split: str(out / f"{split}.jsonl") for split in sizes}
 
 

@@ -145,19 +145,14 @@ def _synthetic(data_cfg, parts) -> dict:
     """The generated strain (``gw_data.generate``) of every (sizes, seed) part as one
     ``save_to_disk`` directory in the cache, keyed by what generates it (the waveform as resolved:
     ``auto`` is pycbc's only where pycbc is installed); the sample has a validation split of its own."""
-    import hashlib
-    import json
     from dataclasses import asdict
 
     from datasets import Dataset, DatasetDict
 
-    from ..iofiles import publish_dir
-    from ..smoke import cache_dir
+    from ..smoke import generated_sample
     from .gw_data import GWParams, generate, use_pycbc
 
     params = GWParams.from_config(data_cfg)
-    key = json.dumps(["gw", asdict(params), use_pycbc(params), parts], sort_keys=True)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def build(tmp):
         splits = {}
@@ -169,7 +164,7 @@ def _synthetic(data_cfg, parts) -> dict:
                 splits[split] = Dataset.from_dict({k: d[k] for k in FIELDS})
         DatasetDict(splits).save_to_disk(str(tmp))
 
-    out = publish_dir(build, cache_dir() / "synthetic" / f"gw-{digest}", if_exists="keep")
+    out = generated_sample("gw", [asdict(params), use_pycbc(params), parts], build)
     return {"path": str(out), "validation_from_train": None}
 
 
