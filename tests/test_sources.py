@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,10 @@ def test_a_smoke_config_resolves_to_a_checkpoint_dir_and_files_on_disk():
     assert cfg.data.synthetic is True and cfg.data.get("data_files") is None
     again = _resolve(cfg)  # generated once: a second run reads the same files
     assert dict(again.data.data_files) == expected
+    rows = {split: Path(f).read_text() for split, f in expected.items()}
+    shutil.rmtree(Path(expected["train"]).parent)  # the cache may be deleted (docs/tasks.md): built anew,
+    rebuilt = _resolve(cfg).data.data_files  # the same rows at the same place
+    assert {split: Path(f).read_text() for split, f in rebuilt.items()} == rows
 
 
 def test_a_section_that_names_files_already_is_handed_on_as_it_is(tmp_path):
